@@ -58,6 +58,12 @@ class UnsupportedFormatError(ImagingError):
     code = "UNSUPPORTED_FORMAT"
 
 
+class InvalidMaskError(ImagingError):
+    """A file read as a binary mask holds several non-zero values (a label map or a soft mask)."""
+
+    code = "INVALID_MASK"
+
+
 # --- geometry of a series --------------------------------------------------------------------------
 
 

@@ -1,0 +1,235 @@
+"""The canonical space: the one preprocessing shared by training, export, the CLI, the worker and benchmarks.
+
+Following Huang et al. ("All scans were reoriented to a standard orientation, cropped to a head and neck
+window above the fourth thoracic vertebrae, down sampled to a size of 128x128x128, thresholded to a soft
+tissue interval between -170 and 230 HU, and normalized to between 0 and 1"), each case gets its own
+canonical grid: a 128^3 ``Geometry`` placed in that case's own patient space (LPS, mm).
+
+Orientation
+    Axis i runs to the patient's left (+x), j to posterior (+y), k from head to feet (-z). Because DICOM
+    patient coordinates already follow the patient, HFS, FFS, prone or supine scans all land the same way
+    up; no per-position flips are needed beyond reading the geometry correctly.
+
+How the window is found (``find_canonical_frame``)
+    1. The CT is resampled to a coarse LPS-aligned working grid (4 mm) and the body is segmented there:
+       HU > -400, a small opening (detaches the couch and headrest), largest connected component.
+    2. Vertex: the highest axial level whose body cross-section exceeds ``min_vertex_area_mm2``. The window's
+       first plane sits ``top_margin_mm`` above it, and the window runs ``(nk - 1) * sk`` mm downwards
+       (128 x 2.7 mm = 346 mm: vertex to about T4 in an adult).
+    3. In-plane centre: the centroid of the body in the top ``centre_depth_mm`` of the window (head and upper
+       neck, so shoulders, arms and the couch do not pull it).
+    Shorter and longer scans: a scan that ends in the neck leaves the bottom of the window outside the
+    scanned volume; it is filled with air (-1024 HU, i.e. 0 after windowing) and ``fov_mask`` says which
+    canonical voxels were really scanned. A scan that goes on into the chest is simply cut at the window's
+    bottom. A scan whose first slice already cuts through the head (``top_cut``; common in OpenKBP, whose
+    CTs are truncated around the treatment) has no visible vertex: the window then starts at the top of the
+    scanned body, so the anatomy sits higher in the window than usual, which the affine block absorbs.
+
+Intensities
+    A Gaussian anti-aliasing filter (sigma from the ratio of canonical to original spacing) then trilinear
+    resampling; outside the scan -1024 HU; then clip to [-170, 230] HU and scale to [0, 1].
+
+The displacement-field contract (see ``FIELD_CONVENTION``) is defined here too, because it is a property of
+the canonical space; ``imaging.warp`` implements its way back to the patient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .errors import NoBodyFoundError
+from .volume import Geometry, Volume
+
+CANONICAL_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # i -> L, j -> P, k -> inferior
+
+FIELD_CONVENTION = (
+    "Pull field on the fixed (patient) canonical grid, shape (3, 128, 128, 128), array order [c, k, j, i]. "
+    "Channel c is the displacement along canonical array axis c (0: k, head to feet; 1: j, anterior to "
+    "posterior; 2: i, right to left), in canonical voxels. For fixed canonical voxel x = (k, j, i), "
+    "y = x + u(x) is the continuous index in the atlas canonical grid whose content belongs at x. "
+    "Affine and dense blocks are composed into one field: y = A(phi1(phi2(x)))."
+)
+
+
+@dataclass(frozen=True)
+class CanonicalSpec:
+    """Parameters of the canonical space; they go into every model card."""
+
+    shape: tuple[int, int, int] = (128, 128, 128)  # (nk, nj, ni)
+    spacing: tuple[float, float, float] = (2.5, 2.5, 2.7)  # mm along i (R->L), j (A->P), k (S->I)
+    hu_window: tuple[float, float] = (-170.0, 230.0)
+    body_threshold_hu: float = -400.0
+    top_margin_mm: float = 8.0
+    min_vertex_area_mm2: float = 400.0
+    top_cut_area_mm2: float = 4000.0  # a top slice cutting more body than this means the vertex was not scanned
+    centre_depth_mm: float = 180.0
+    work_spacing_mm: float = 4.0
+    air_hu: float = -1024.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CanonicalSpec:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+DEFAULT_SPEC = CanonicalSpec()
+
+
+@dataclass(frozen=True)
+class CanonicalFrame:
+    """A case's canonical grid and how it was found (diagnostics become job warnings)."""
+
+    geometry: Geometry
+    vertex_z_mm: float  # LPS z of the detected top of the body
+    top_cut: bool  # the scan starts inside the head: no vertex visible
+    scanned_z_range_mm: tuple[float, float]  # (lowest, highest) z of the scanned volume
+    window_z_range_mm: tuple[float, float]  # (lowest, highest) z of the canonical window
+
+    @property
+    def scan_shorter_than_window(self) -> bool:
+        return self.scanned_z_range_mm[0] > self.window_z_range_mm[0] + 1e-6
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["geometry"] = self.geometry.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CanonicalFrame:
+        return cls(
+            Geometry.from_dict(d["geometry"]),
+            float(d["vertex_z_mm"]),
+            bool(d["top_cut"]),
+            tuple(d["scanned_z_range_mm"]),
+            tuple(d["window_z_range_mm"]),
+        )
+
+
+@dataclass
+class CanonicalImage:
+    """The model's input for one case."""
+
+    image: np.ndarray  # float32 [k, j, i] in [0, 1]
+    frame: CanonicalFrame
+    fov_mask: np.ndarray  # uint8 [k, j, i]: 1 where the canonical voxel lies inside the scanned volume
+    spec: CanonicalSpec = field(default_factory=CanonicalSpec)
+
+
+def _bounding_box_lps(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    ni, nj, nk = geometry.size_ijk
+    corners = np.array([[i, j, k] for i in (-0.5, ni - 0.5) for j in (-0.5, nj - 0.5) for k in (-0.5, nk - 0.5)])
+    pts = geometry.index_to_physical(corners)
+    return pts.min(axis=0), pts.max(axis=0)
+
+
+def _antialias_sigmas_mm(source_spacing: tuple[float, ...], target_spacing: float) -> list[float]:
+    # Gaussian whose FWHM makes up the difference between the target and the source voxel size
+    return [float(np.sqrt(max(target_spacing**2 - s**2, 0.0)) / 2.355) for s in source_spacing]
+
+
+def _resample(
+    volume: Volume, target: Geometry, default: float, antialias_to_mm: float | None, interpolator: int = sitk.sitkLinear
+) -> np.ndarray:
+    img = volume.to_sitk()
+    if img.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        img = sitk.Cast(img, sitk.sitkFloat32)
+    if antialias_to_mm is not None:
+        sigmas = _antialias_sigmas_mm(volume.geometry.spacing, antialias_to_mm)
+        if max(sigmas) > 0:
+            img = sitk.SmoothingRecursiveGaussian(img, [max(s, 1e-3) for s in sigmas])
+    ref = target.reference_image(sitk.sitkFloat32)
+    out = sitk.Resample(img, ref, sitk.Transform(), interpolator, float(default), sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def _body_mask(hu: np.ndarray, threshold: float) -> np.ndarray:
+    body = hu > threshold
+    body = ndimage.binary_opening(body, structure=ndimage.generate_binary_structure(3, 1), iterations=1)
+    labels, n = ndimage.label(body)
+    if n == 0:
+        return body
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def find_canonical_frame(ct: Volume, spec: CanonicalSpec = DEFAULT_SPEC) -> CanonicalFrame:
+    """Place the canonical window on a CT (see the module docstring for how)."""
+    lo, hi = _bounding_box_lps(ct.geometry)
+    w = spec.work_spacing_mm
+    size = np.maximum(np.ceil((hi - lo) / w).astype(int), 1)
+    # working grid: LPS-aligned, k running upwards (+z) so that row k is the axial level lo_z + k * w
+    work = Geometry((size[2], size[1], size[0]), (w, w, w), tuple(lo + w / 2), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    hu = _resample(ct, work, spec.air_hu, antialias_to_mm=None)
+    body = _body_mask(hu, spec.body_threshold_hu)
+    area = body.sum(axis=(1, 2)) * w * w  # mm^2 per axial level, index k = z level
+    levels = np.nonzero(area >= spec.min_vertex_area_mm2)[0]
+    if levels.size == 0:
+        raise NoBodyFoundError(
+            "No patient body was found in this CT (no region above -400 HU large enough): is it a CT of a patient?",
+            body_voxels=int(body.sum()),
+        )
+    top = int(levels.max())
+    z_of = lambda k: float(work.origin[2] + k * w)  # noqa: E731
+    top_cut = bool(area[min(top, size[2] - 1)] >= spec.top_cut_area_mm2 and top >= size[2] - 2)
+    if top_cut:
+        vertex_z = float(hi[2])
+    else:  # sub-level refinement: where the cross-section crosses the threshold between two levels
+        above = float(area[top + 1]) if top + 1 < size[2] else 0.0
+        frac = (float(area[top]) - spec.min_vertex_area_mm2) / max(float(area[top]) - above, 1e-6)
+        vertex_z = z_of(top) + float(np.clip(frac, 0.0, 1.0)) * w
+    window_top = vertex_z + spec.top_margin_mm if not top_cut else vertex_z
+    nk, nj, ni = spec.shape
+    si, sj, sk = spec.spacing
+    window_bottom = window_top - (nk - 1) * sk
+    # centroid of the body in the head and upper neck
+    zs = work.origin[2] + np.arange(size[2]) * w
+    in_depth = (zs <= window_top) & (zs >= window_top - spec.centre_depth_mm)
+    sel = body[in_depth] if in_depth.any() else body
+    kk, jj, ii = np.nonzero(sel)
+    if ii.size == 0:
+        kk, jj, ii = np.nonzero(body)
+    cx = work.origin[0] + ii.mean() * w
+    cy = work.origin[1] + jj.mean() * w
+    origin = (cx - (ni - 1) / 2 * si, cy - (nj - 1) / 2 * sj, window_top)
+    geometry = Geometry(spec.shape, spec.spacing, origin, CANONICAL_DIRECTION)
+    return CanonicalFrame(
+        geometry=geometry,
+        vertex_z_mm=vertex_z,
+        top_cut=top_cut,
+        scanned_z_range_mm=(float(lo[2]), float(hi[2])),
+        window_z_range_mm=(float(window_bottom), float(window_top)),
+    )
+
+
+def window_hu(hu: np.ndarray, spec: CanonicalSpec = DEFAULT_SPEC) -> np.ndarray:
+    """Clip to the soft-tissue window and scale to [0, 1] (float32)."""
+    lo, hi = spec.hu_window
+    return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def to_canonical(ct: Volume, spec: CanonicalSpec = DEFAULT_SPEC, frame: CanonicalFrame | None = None) -> CanonicalImage:
+    """THE preprocessing: a CT volume (HU, any geometry) to the model's 128^3 input in [0, 1]."""
+    frame = frame or find_canonical_frame(ct, spec)
+    hu = _resample(ct, frame.geometry, spec.air_hu, antialias_to_mm=min(spec.spacing))
+    ones = Volume(np.ones(ct.geometry.shape, np.uint8), ct.geometry)
+    fov = _resample(ones, frame.geometry, 0.0, antialias_to_mm=None, interpolator=sitk.sitkNearestNeighbor)
+    return CanonicalImage(window_hu(hu, spec), frame, fov.astype(np.uint8), spec)
+
+
+def mask_to_canonical(mask: Volume, frame: CanonicalFrame | Geometry) -> np.ndarray:
+    """A patient-space mask as a soft (partial-volume) mask on a canonical grid, float32 in [0, 1].
+
+    Used for the segmentation loss in training and for coarse bounding boxes; never as the final contour
+    (``imaging.warp`` samples the sharp mask at the patient's own resolution).
+    """
+    geometry = frame.geometry if isinstance(frame, CanonicalFrame) else frame
+    soft = Volume(mask.array.astype(np.float32), mask.geometry)
+    out = _resample(soft, geometry, 0.0, antialias_to_mm=min(geometry.spacing))
+    return np.clip(out, 0.0, 1.0)

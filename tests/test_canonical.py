@@ -1,0 +1,183 @@
+"""The canonical space and its way back: one preprocessing, exact geometry, thin OARs that survive."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from imaging.canonical import DEFAULT_SPEC, find_canonical_frame, mask_to_canonical, to_canonical
+from imaging.errors import NoBodyFoundError
+from imaging.volume import Geometry, Volume
+from imaging.warp import warp_masks_to_patient
+from synthetic_body import LANDMARKS, VERTEX_Z, body_volume, grid_points, landmark_mask_at, landmark_volume, patient_grid
+
+ZERO_FIELD = np.zeros((3, *DEFAULT_SPEC.shape), np.float32)
+
+SCANS = {
+    "HFS": dict(position="HFS", spacing=(2.0, 2.0, 3.0)),
+    "FFS": dict(position="FFS", spacing=(2.0, 2.0, 3.0)),
+    "HFS far origin, anisotropic": dict(position="HFS", spacing=(1.3, 2.1, 2.5), offset=(1000.0, -2000.0, 500.0)),
+    "FFS far origin, anisotropic": dict(position="FFS", spacing=(1.7, 1.4, 3.5), offset=(-400.0, 300.0, -900.0)),
+}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+@pytest.fixture(scope="module")
+def canonical_scans():
+    out = {}
+    for name, kw in SCANS.items():
+        geometry = patient_grid(**kw)
+        offset = kw.get("offset", (0.0, 0.0, 0.0))
+        ct = body_volume(geometry, offset)
+        out[name] = (ct, offset, to_canonical(ct))
+    return out
+
+
+def test_same_anatomy_lands_on_the_same_canonical_voxels(canonical_scans):
+    ref_ct, ref_offset, ref = canonical_scans["HFS"]
+    ref_centroids = {
+        name: np.array(ndimage.center_of_mass(mask_to_canonical(landmark_volume(ref_ct.geometry, name, ref_offset), ref.frame)))
+        for name in ("gland_l", "stem", "eye_r")
+    }
+    for scan_name, (ct, offset, can) in canonical_scans.items():
+        assert can.image.shape == (128, 128, 128)
+        assert abs(can.frame.vertex_z_mm - (VERTEX_Z + offset[2])) < 2.0, scan_name
+        diff = np.abs(can.image - ref.image)
+        assert diff.mean() < 0.01, (scan_name, diff.mean())
+        for name, ref_c in ref_centroids.items():
+            soft = mask_to_canonical(landmark_volume(ct.geometry, name, offset), can.frame)
+            c = np.array(ndimage.center_of_mass(soft))
+            assert np.abs(c - ref_c).max() < 0.5, (scan_name, name, c, ref_c)
+
+
+def test_left_is_left_in_every_patient_position(canonical_scans):
+    for scan_name, (ct, offset, can) in canonical_scans.items():
+        eye_l = mask_to_canonical(landmark_volume(ct.geometry, "eye_l", offset), can.frame)
+        eye_r = mask_to_canonical(landmark_volume(ct.geometry, "eye_r", offset), can.frame)
+        # canonical i runs to the patient's left, k from head to feet, j from anterior to posterior
+        assert ndimage.center_of_mass(eye_l)[2] > 64 > ndimage.center_of_mass(eye_r)[2], scan_name
+        assert ndimage.center_of_mass(eye_l)[0] < 40, scan_name
+        assert ndimage.center_of_mass(eye_l)[1] < 40, scan_name
+
+
+def test_window_and_intensities(canonical_scans):
+    ct, _, can = canonical_scans["HFS"]
+    g = can.frame.geometry
+    assert g.shape == (128, 128, 128) and g.spacing == DEFAULT_SPEC.spacing
+    assert g.origin[2] == pytest.approx(can.frame.vertex_z_mm + DEFAULT_SPEC.top_margin_mm)
+    assert can.image.dtype == np.float32 and can.image.min() >= 0.0 and can.image.max() <= 1.0
+    assert can.image[0].max() == 0.0  # above the vertex: air
+    brain = can.image[30, 60:68, 60:68]
+    assert np.allclose(brain, (30.0 + 170.0) / 400.0, atol=0.02)
+    assert not can.frame.top_cut and not can.frame.scan_shorter_than_window
+    assert can.fov_mask[:, 64, :].all()  # scanned over the whole window height
+
+
+def test_scan_shorter_than_the_window_is_padded_and_flagged():
+    geometry = patient_grid(spacing=(2.0, 2.0, 3.0), extent_mm=(400.0, 300.0, 200.0))
+    can = to_canonical(body_volume(geometry))
+    assert can.frame.scan_shorter_than_window
+    assert can.fov_mask[:60, 64, 64].all() and not can.fov_mask[-30:].any()
+    assert can.image[-30:].max() == 0.0
+
+
+def test_scan_that_cuts_the_head_anchors_at_its_top():
+    geometry = patient_grid(spacing=(2.0, 2.0, 3.0), top_z=-60.0, extent_mm=(400.0, 300.0, 300.0))
+    frame = find_canonical_frame(body_volume(geometry))
+    assert frame.top_cut
+    assert frame.window_z_range_mm[1] == pytest.approx(frame.scanned_z_range_mm[1])
+
+
+def test_a_ct_without_a_body_is_rejected():
+    geometry = Geometry((20, 30, 30), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    with pytest.raises(NoBodyFoundError) as err:
+        to_canonical(Volume(np.full(geometry.shape, -1000.0, np.float32), geometry))
+    assert err.value.code == "NO_BODY_FOUND"
+
+
+def _local_grid(centre, spacing, half_extent_mm=30.0, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> Geometry:
+    n = [int(round(2 * half_extent_mm / s)) for s in spacing]
+    d = np.asarray(direction, float).reshape(3, 3)
+    origin = np.asarray(centre) - d @ (np.asarray(spacing) * (np.array(n) - 1) / 2)
+    return Geometry((n[2], n[1], n[0]), spacing, tuple(origin), direction)
+
+
+@pytest.mark.parametrize("radius_mm", [6.0, 10.0, 20.0])
+def test_mask_through_the_canonical_grid_and_back(canonical_scans, radius_mm):
+    """A mask sent to the 128^3 canonical grid (soft) and warped back agrees with itself."""
+    _, _, can = canonical_scans["HFS"]
+    centre = np.array([20.0, -10.0, -150.0])
+    patient = _local_grid(centre, (0.9, 0.9, 2.0), half_extent_mm=radius_mm + 15)
+    pts = grid_points(patient)
+    mask = (((pts - centre) ** 2).sum(-1) <= radius_mm**2).astype(np.uint8)
+    soft = mask_to_canonical(Volume(mask, patient), can.frame)
+    back = warp_masks_to_patient({"s": (soft, can.frame.geometry)}, can.frame.geometry, can.frame.geometry, ZERO_FIELD, patient)["s"].full()
+    voxel = np.asarray(patient.spacing)[::-1]
+    shift_mm = (np.array(ndimage.center_of_mass(back)) - np.array(ndimage.center_of_mass(mask))) * voxel
+    assert np.abs(shift_mm).max() < 0.5 * min(DEFAULT_SPEC.spacing), shift_mm
+    assert dice(back, mask) >= (0.98 if radius_mm >= 10 else 0.9), dice(back, mask)
+
+
+def test_identity_field_returns_every_mask_exactly_even_thin_ones(canonical_scans):
+    ct, offset, can = canonical_scans["FFS far origin, anisotropic"]
+    lens_centre = LANDMARKS["lens_l"][0] + np.asarray(offset)
+    patient = _local_grid(lens_centre, (0.5, 0.6, 1.0), direction=(-1, 0, 0, 0, 1, 0, 0, 0, -1))
+    pts = grid_points(patient)
+    lens = landmark_mask_at(pts, "lens_l", offset)
+    eye = landmark_mask_at(pts, "eye_l", offset)
+    nerve = ((((pts - lens_centre)[..., 0]) ** 2 + ((pts - lens_centre)[..., 2]) ** 2) <= 1.0).astype(np.uint8)  # 2 mm rod
+    warped = warp_masks_to_patient(
+        {"lens": (lens, patient), "eye": (eye, patient), "nerve": (nerve, patient)},
+        can.frame.geometry, can.frame.geometry, ZERO_FIELD, patient,
+    )
+    for name, truth in {"lens": lens, "eye": eye, "nerve": nerve}.items():
+        assert np.array_equal(warped[name].full(), truth), name
+    assert (warped["lens"].full() <= warped["eye"].full()).all()  # overlap kept: lens inside eye
+
+
+def test_constant_field_moves_masks_by_the_matching_physical_shift(canonical_scans):
+    _, _, can = canonical_scans["HFS"]
+    g = can.frame.geometry
+    shift_kji = np.array([2.0, -3.0, 1.5])  # canonical voxels
+    field = np.broadcast_to(shift_kji[:, None, None, None], (3, *g.shape)).astype(np.float32)
+    centre = np.array([0.0, 0.0, -120.0])
+    patient = _local_grid(centre, (1.0, 1.0, 1.0), half_extent_mm=35.0)
+    pts = grid_points(patient)
+    mask = (((pts - centre) ** 2).sum(-1) <= 15.0**2).astype(np.uint8)
+    warped = warp_masks_to_patient({"s": (mask, patient)}, g, g, field, patient)["s"].full()
+    # content at x comes from x + shift, so the sphere appears moved by -shift (in physical mm)
+    shift_mm = g.direction_matrix @ (np.asarray(g.spacing) * shift_kji[::-1])
+    expected = ((((pts + shift_mm) - centre) ** 2).sum(-1) <= 15.0**2).astype(np.uint8)
+    assert dice(warped, expected) > 0.97  # linear sampling of a binary sphere at a non-integer shift
+    moved_mm = (np.array(ndimage.center_of_mass(warped)) - np.array(ndimage.center_of_mass(mask)))[::-1]
+    assert np.allclose(patient.direction_matrix @ moved_mm, -shift_mm, atol=0.3), (moved_mm, shift_mm)
+
+
+def test_atlas_and_patient_with_their_own_frames(canonical_scans):
+    """Same anatomy in two differently placed scans: the zero field maps atlas OARs onto the patient's."""
+    atlas_ct, atlas_offset, atlas = canonical_scans["HFS far origin, anisotropic"]
+    patient_ct, patient_offset, patient = canonical_scans["FFS"]
+    masks = {n: (landmark_volume(atlas_ct.geometry, n, atlas_offset).array, atlas_ct.geometry) for n in ("gland_l", "stem", "eye_l")}
+    warped = warp_masks_to_patient(masks, atlas.frame.geometry, patient.frame.geometry, ZERO_FIELD, patient_ct.geometry)
+    for name, w in warped.items():
+        truth = landmark_volume(patient_ct.geometry, name, patient_offset).array
+        assert dice(w.full(), truth) > 0.85, (name, dice(w.full(), truth))
+        assert not w.cut_by_scan and not w.reaches_window_border
+
+
+def test_oars_pushed_out_of_the_scan_are_flagged(canonical_scans):
+    ct, offset, can = canonical_scans["HFS"]
+    g = can.frame.geometry
+    patient = _local_grid(LANDMARKS["stem"][0], (1.0, 1.0, 2.0), half_extent_mm=12.0)
+    mask = landmark_mask_at(grid_points(patient), "stem")
+    field = np.zeros((3, *g.shape), np.float32)
+    field[2] = 4.0  # pull from 4 voxels to the left: the structure moves out through the right side
+    w = warp_masks_to_patient({"stem": (mask, patient)}, g, g, field, patient)["stem"]
+    assert w.cut_by_scan and not w.empty
+    nothing = warp_masks_to_patient({"none": (np.zeros_like(mask), patient)}, g, g, field, patient)["none"]
+    assert nothing.empty and nothing.volume_cc == 0.0
