@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Laterality(str, Enum):
+class Laterality(StrEnum):
     LEFT = "L"
     RIGHT = "R"
     MIDLINE = "M"

@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
+from .body import body_mask
 from .errors import NoBodyFoundError
 from .volume import Geometry, Volume
 
@@ -67,6 +67,7 @@ class CanonicalSpec:
     min_vertex_area_mm2: float = 400.0
     top_cut_area_mm2: float = 4000.0  # a top slice cutting more body than this means the vertex was not scanned
     centre_depth_mm: float = 180.0
+    max_vertex_extrapolation_mm: float = 30.0
     work_spacing_mm: float = 4.0
     air_hu: float = -1024.0
 
@@ -86,8 +87,8 @@ class CanonicalFrame:
     """A case's canonical grid and how it was found (diagnostics become job warnings)."""
 
     geometry: Geometry
-    vertex_z_mm: float  # LPS z of the detected top of the body
-    top_cut: bool  # the scan starts inside the head: no vertex visible
+    vertex_z_mm: float  # LPS z of the vertex: detected, extrapolated (top_cut) or the scan's top
+    top_cut: bool  # the scan starts inside the head: the vertex was not scanned
     scanned_z_range_mm: tuple[float, float]  # (lowest, highest) z of the scanned volume
     window_z_range_mm: tuple[float, float]  # (lowest, highest) z of the canonical window
 
@@ -148,15 +149,21 @@ def _resample(
     return sitk.GetArrayFromImage(out)
 
 
-def _body_mask(hu: np.ndarray, threshold: float) -> np.ndarray:
-    body = hu > threshold
-    body = ndimage.binary_opening(body, structure=ndimage.generate_binary_structure(3, 1), iterations=1)
-    labels, n = ndimage.label(body)
-    if n == 0:
-        return body
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+def _extrapolated_vertex(area: np.ndarray, top: int, top_z: float, step_mm: float, limit_mm: float) -> float | None:
+    """Where the skull cap would close above a scan that starts inside the head, or None if unknowable.
+
+    Near the vertex the head is a dome whose cross-section grows about linearly with depth, so the area of
+    the top levels extrapolates to zero at the vertex. A flat profile (a box-shaped truncation, as in
+    OpenKBP) gives no estimate within ``limit_mm``.
+    """
+    below = top - 3
+    if below < 0:
+        return None
+    slope = (float(area[below]) - float(area[top])) / (3 * step_mm)  # mm^2 lost per mm upwards
+    if slope <= 0:
+        return None
+    distance = float(area[top]) / slope
+    return top_z + step_mm / 2 + distance if distance <= limit_mm else None
 
 
 def find_canonical_frame(ct: Volume, spec: CanonicalSpec = DEFAULT_SPEC) -> CanonicalFrame:
@@ -167,7 +174,7 @@ def find_canonical_frame(ct: Volume, spec: CanonicalSpec = DEFAULT_SPEC) -> Cano
     # working grid: LPS-aligned, k running upwards (+z) so that row k is the axial level lo_z + k * w
     work = Geometry((size[2], size[1], size[0]), (w, w, w), tuple(lo + w / 2), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     hu = _resample(ct, work, spec.air_hu, antialias_to_mm=None)
-    body = _body_mask(hu, spec.body_threshold_hu)
+    body = body_mask(hu, spec.body_threshold_hu)
     area = body.sum(axis=(1, 2)) * w * w  # mm^2 per axial level, index k = z level
     levels = np.nonzero(area >= spec.min_vertex_area_mm2)[0]
     if levels.size == 0:
@@ -179,12 +186,13 @@ def find_canonical_frame(ct: Volume, spec: CanonicalSpec = DEFAULT_SPEC) -> Cano
     z_of = lambda k: float(work.origin[2] + k * w)  # noqa: E731
     top_cut = bool(area[min(top, size[2] - 1)] >= spec.top_cut_area_mm2 and top >= size[2] - 2)
     if top_cut:
-        vertex_z = float(hi[2])
+        vertex_z = _extrapolated_vertex(area, top, z_of(top), w, spec.max_vertex_extrapolation_mm)
     else:  # sub-level refinement: where the cross-section crosses the threshold between two levels
         above = float(area[top + 1]) if top + 1 < size[2] else 0.0
         frac = (float(area[top]) - spec.min_vertex_area_mm2) / max(float(area[top]) - above, 1e-6)
         vertex_z = z_of(top) + float(np.clip(frac, 0.0, 1.0)) * w
-    window_top = vertex_z + spec.top_margin_mm if not top_cut else vertex_z
+    window_top = vertex_z + spec.top_margin_mm if vertex_z is not None else float(hi[2])
+    vertex_z = float(hi[2]) if vertex_z is None else vertex_z
     nk, nj, ni = spec.shape
     si, sj, sk = spec.spacing
     window_bottom = window_top - (nk - 1) * sk
@@ -192,9 +200,9 @@ def find_canonical_frame(ct: Volume, spec: CanonicalSpec = DEFAULT_SPEC) -> Cano
     zs = work.origin[2] + np.arange(size[2]) * w
     in_depth = (zs <= window_top) & (zs >= window_top - spec.centre_depth_mm)
     sel = body[in_depth] if in_depth.any() else body
-    kk, jj, ii = np.nonzero(sel)
+    _, jj, ii = np.nonzero(sel)
     if ii.size == 0:
-        kk, jj, ii = np.nonzero(body)
+        _, jj, ii = np.nonzero(body)
     cx = work.origin[0] + ii.mean() * w
     cy = work.origin[1] + jj.mean() * w
     origin = (cx - (ni - 1) / 2 * si, cy - (nj - 1) / 2 * sj, window_top)

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.charset import default_encoding, python_encoding
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ImplicitVRLittleEndian, RTStructureSetStorage
 
@@ -316,16 +316,28 @@ def _roi_specs(masks: Mapping[RoiSpec | str, np.ndarray]) -> list[RoiSpec]:
 
 
 def _character_set(dicom: Mapping[str, Any], specs: list[RoiSpec]) -> str:
-    """The CT's character set when known; else Latin-1 if every text fits, else UTF-8."""
+    """The CT's character set when every text of the structure set fits in it; else Latin-1 or UTF-8.
+
+    Texts are held decoded, so changing the character set loses nothing: an ROI name in Greek under a Latin-1
+    CT gets a UTF-8 structure set rather than question marks.
+    """
     given = dicom.get("SpecificCharacterSet")
-    if given:
-        return given if isinstance(given, str) else "\\".join(given)
-    texts = [str(dicom.get(k) or "") for k in PATIENT_STUDY_KEYWORDS] + [s.name + s.description for s in specs]
-    try:
-        "".join(texts).encode("latin-1")
-    except UnicodeEncodeError:
-        return "ISO_IR 192"
-    return "ISO_IR 100"
+    given = "\\".join(given) if isinstance(given, list | tuple) else str(given or "")
+    texts = "".join([str(dicom.get(k) or "") for k in PATIENT_STUDY_KEYWORDS] + [s.name + s.description for s in specs])
+    terms = [t.strip() for t in given.split("\\")] if given else []
+    if len(terms) > 1:  # ISO 2022 code extensions: pydicom re-encodes decoded text with them
+        return given
+    candidates = ([terms[0]] if terms else []) + ["ISO_IR 100"]
+    for term in candidates:
+        codec = "ascii" if term in ("", "ISO_IR 6") else python_encoding.get(term)
+        if codec is None:
+            continue
+        try:
+            texts.encode(codec)
+        except UnicodeEncodeError:
+            continue
+        return term or "ISO_IR 100"
+    return "ISO_IR 192"
 
 
 def _referenced_frame_of_reference(ct: CtReference) -> Dataset:
@@ -375,10 +387,6 @@ def _roi_contour(number: int, spec: RoiSpec, mask: np.ndarray, ct: CtReference) 
     roi_contour.ROIDisplayColor = list(spec.color)
     items = []
     for k, polygons in _outlines_by_slice(mask):
-        image = Dataset()
-        image.ReferencedSOPClassUID = ct.sop_class_uid
-        image.ReferencedSOPInstanceUID = ct.sop_instance_uids[k]
-        images = DicomSequence([image])
         physical = ct.geometry.index_to_physical(
             np.concatenate([np.column_stack([p, np.full(len(p), float(k))]) for p in polygons])
         )
@@ -386,14 +394,17 @@ def _roi_contour(number: int, spec: RoiSpec, mask: np.ndarray, ct: CtReference) 
         start = 0
         for polygon in polygons:
             n = len(polygon)
+            image = Dataset()
+            image.ReferencedSOPClassUID = ct.sop_class_uid
+            image.ReferencedSOPInstanceUID = ct.sop_instance_uids[k]
             item = Dataset()
-            item.ContourImageSequence = images
+            item.ContourImageSequence = [image]
             item.ContourGeometricType = "CLOSED_PLANAR"
             item.NumberOfContourPoints = n
             item.ContourNumber = len(items) + 1
             item[_CONTOUR_DATA] = _raw_decimal_strings(texts[start : start + 3 * n])
-            # written as is only when the item says it is already in the file's encoding
-            item.set_original_encoding(True, True, item._character_set)
+            # pydicom writes raw elements as they are only when the item says it is already in the file's encoding
+            item.set_original_encoding(True, True, default_encoding)
             start += 3 * n
             items.append(item)
     if items:  # ContourSequence is type 3: an empty mask has none
@@ -404,6 +415,7 @@ def _roi_contour(number: int, spec: RoiSpec, mask: np.ndarray, ct: CtReference) 
 
 def _outlines_by_slice(mask: np.ndarray) -> list[tuple[int, list[np.ndarray]]]:
     """``(k, polygons in (i, j) of the full slice)`` for every non-empty slice, looking only inside the mask's box."""
+    mask = np.asarray(mask)
     box = _bounding_box(mask)
     if box is None:
         return []
@@ -447,13 +459,10 @@ def _bounding_box(mask: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, in
 
 def _format_decimal_strings(values: np.ndarray) -> list[str]:
     """DS texts of at most 16 characters: 3 decimals (a micrometre), trailing zeros stripped, never ``-0``."""
-    rounded = np.round(values, 3) + 0.0  # + 0.0 turns -0.0 into 0.0
+    rounded = np.round(values, 3) + 0.0  # + 0.0 turns the -0.0 of small negatives into 0.0
     texts = [f"{v:.3f}".rstrip("0").rstrip(".") for v in rounded.tolist()]
-    for n, text in enumerate(texts):
-        if text == "-0":
-            texts[n] = "0"
-        elif len(text) > 16:  # only for coordinates beyond 10^11 mm: keep 10 significant digits
-            texts[n] = f"{rounded[n]:.10g}"
+    if max(map(len, texts), default=0) > 16:  # only coordinates beyond 10^11 mm: 10 significant digits
+        texts = [t if len(t) <= 16 else f"{v:.10g}" for t, v in zip(texts, rounded.tolist(), strict=True)]
     return texts
 
 
@@ -512,6 +521,8 @@ def read_rtstruct(
     }
     rois: dict[str, RoiMask] = {}
     for roi in ds.StructureSetROISequence:
+        if roi.get("ROINumber") is None:
+            raise RtStructError("an ROI of the structure set has no ROI Number", roi=str(roi.get("ROIName", "")))
         number = int(roi.ROINumber)
         name = str(roi.get("ROIName", "") or f"ROI {number}")
         roi_frame = str(roi.get("ReferencedFrameOfReferenceUID", "") or "")
@@ -527,8 +538,9 @@ def read_rtstruct(
         mask = np.zeros(geometry.shape, dtype=np.uint8)
         count = 0
         if roi_contour is not None:
-            if "ROIDisplayColor" in roi_contour and roi_contour.ROIDisplayColor is not None:
-                color = tuple(int(c) for c in roi_contour.ROIDisplayColor)
+            shown = roi_contour.get("ROIDisplayColor")
+            if shown is not None and len(shown) == 3:
+                color = tuple(int(c) for c in shown)
             count = _fill_roi(mask, name, roi_contour, geometry, ct_uids, check_references, slice_tolerance, found)
         key = name
         if key in rois:
@@ -571,7 +583,7 @@ def _fill_roi(
         if kind not in _CLOSED_TYPES:
             skipped[kind or "untyped"] = skipped.get(kind or "untyped", 0) + 1
             continue
-        points = _contour_points(contour)
+        points = _contour_points(contour, name)
         if len(points) < 3:
             skipped["CLOSED_PLANAR (under 3 points)"] = skipped.get("CLOSED_PLANAR (under 3 points)", 0) + 1
             continue
@@ -605,7 +617,7 @@ def _fill_roi(
     return sum(len(p) for p in polygons_by_slice.values())
 
 
-def _contour_points(contour: Dataset) -> np.ndarray:
+def _contour_points(contour: Dataset, roi_name: str) -> np.ndarray:
     """ContourData as ``(N, 3)`` floats, parsed from the raw bytes when pydicom has not converted them yet."""
     if _CONTOUR_DATA not in contour:
         return np.empty((0, 3))
@@ -617,11 +629,14 @@ def _contour_points(contour: Dataset) -> np.ndarray:
         try:
             values = np.array(raw.split(b"\\"), dtype=np.float64)
         except ValueError as exc:
-            raise RtStructError("ContourData holds a value that is not a decimal number") from exc
+            raise RtStructError(
+                f"ROI {roi_name!r}: ContourData holds a value that is not a decimal number", roi=roi_name
+            ) from exc
     else:
         value = element.value if isinstance(element, DataElement) else contour.ContourData
         values = np.asarray([] if value is None else value, dtype=np.float64).ravel()
     if values.size % 3:
-        raise RtStructError(f"ContourData has {values.size} values, not a multiple of 3")
+        raise RtStructError(
+            f"ROI {roi_name!r}: ContourData has {values.size} values, not a multiple of 3", roi=roi_name
+        )
     return values.reshape(-1, 3)
-

@@ -56,6 +56,7 @@ class WarpedMask:
 
 
 def _sample(array: np.ndarray, coords_kji: np.ndarray, mode: str) -> np.ndarray:
+    # "grid-constant": a voxel fades to 0 over the half voxel beyond the last one, as a voxel of size 1 should
     return ndimage.map_coordinates(array, coords_kji, order=1, mode=mode, cval=0.0, prefilter=False)
 
 
@@ -72,7 +73,10 @@ def fixed_points_to_atlas(
 
 
 def _box_corners_ijk(lo_kji: np.ndarray, hi_kji: np.ndarray) -> np.ndarray:
-    return np.array([[i, j, k] for k in (lo_kji[0], hi_kji[0]) for j in (lo_kji[1], hi_kji[1]) for i in (lo_kji[2], hi_kji[2])], float)
+    return np.array(
+        [[i, j, k] for k in (lo_kji[0], hi_kji[0]) for j in (lo_kji[1], hi_kji[1]) for i in (lo_kji[2], hi_kji[2])],
+        float,
+    )
 
 
 def _patient_box(
@@ -95,7 +99,13 @@ def _patient_box(
     f_lo = np.array([v.min() for v in nz], float) - 1.0
     f_hi = np.array([v.max() for v in nz], float) + 1.0
     shape = np.array(fixed_frame.shape)
-    reaches_border = bool((f_lo < 0).any() or (f_hi > shape - 1).any())
+    low, high = f_lo < 0, f_hi > shape - 1
+    reaches_border = bool(low.any() or high.any())
+    # Beyond the window the field is held at its border value, so an OAR that reaches a face of the window
+    # goes on past it: open the box on that side to the end of the patient grid.
+    beyond = float(np.ptp(patient.corners_physical(), axis=0).max()) / min(fixed_frame.spacing) + 2.0
+    f_lo = np.where(low, -beyond, f_lo)
+    f_hi = np.where(high, shape - 1 + beyond, f_hi)
     corners_lps = fixed_frame.index_to_physical(_box_corners_ijk(f_lo, f_hi))
     p_ijk = patient.physical_to_index(corners_lps)
     margin_vox = margin_mm / np.asarray(patient.spacing)
@@ -151,14 +161,25 @@ def warp_masks_to_patient(
             box = _mask_box_lps(mask, mask_geometry)
             found = _patient_box(box, y_kji_grid, fixed_frame, atlas_frame, patient, margin_mm)
         if found is None:
-            result[name] = WarpedMask((0, 0, 0), np.zeros((0, 0, 0), np.uint8), patient.shape, patient.voxel_volume_mm3, False, False)
+            result[name] = WarpedMask(
+                (0, 0, 0), np.zeros((0, 0, 0), np.uint8), patient.shape, patient.voxel_volume_mm3, False, False
+            )
             continue
         p_lo, p_hi, reaches_border, cut = found
         sub = patient.sub_grid(tuple(p_lo), tuple(p_hi))
-        values = _sample_mask_on_grid(mask.astype(np.float32, copy=False), mask_geometry, sub, fixed_frame, atlas_frame, displacement)
+        values = _sample_mask_on_grid(
+            mask.astype(np.float32, copy=False), mask_geometry, sub, fixed_frame, atlas_frame, displacement
+        )
         warped = (values >= threshold).astype(np.uint8)
         touches = cut and _touches_clipped_faces(warped, p_lo, p_hi, np.array(patient.shape))
-        result[name] = WarpedMask(tuple(int(v) for v in p_lo), warped, patient.shape, patient.voxel_volume_mm3, reaches_border and bool(warped.any()), touches)  # type: ignore[arg-type]
+        result[name] = WarpedMask(
+            tuple(int(v) for v in p_lo),
+            warped,
+            patient.shape,
+            patient.voxel_volume_mm3,
+            reaches_border and bool(warped.any()),
+            touches,
+        )  # type: ignore[arg-type]
     return result
 
 
@@ -196,6 +217,11 @@ def _sample_mask_on_grid(
         x_kji = np.stack([np.broadcast_to(x_ijk[r], (kk.shape[0], nj, ni)).ravel() for r in (2, 1, 0)])
         y_kji = x_kji + np.stack([_sample(displacement[c], x_kji, mode="nearest") for c in range(3)])
         y_ijk = y_kji[::-1]
-        m_kji = np.stack([to_mask[r, 0] * y_ijk[0] + to_mask[r, 1] * y_ijk[1] + to_mask[r, 2] * y_ijk[2] + to_mask[r, 3] for r in (2, 1, 0)])
-        out[k0 : k0 + kk.shape[0]] = _sample(mask, m_kji, mode="constant").reshape(kk.shape[0], nj, ni)
+        m_kji = np.stack(
+            [
+                to_mask[r, 0] * y_ijk[0] + to_mask[r, 1] * y_ijk[1] + to_mask[r, 2] * y_ijk[2] + to_mask[r, 3]
+                for r in (2, 1, 0)
+            ]
+        )
+        out[k0 : k0 + kk.shape[0]] = _sample(mask, m_kji, mode="grid-constant").reshape(kk.shape[0], nj, ni)
     return out

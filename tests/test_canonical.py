@@ -10,7 +10,15 @@ from imaging.canonical import DEFAULT_SPEC, find_canonical_frame, mask_to_canoni
 from imaging.errors import NoBodyFoundError
 from imaging.volume import Geometry, Volume
 from imaging.warp import warp_masks_to_patient
-from synthetic_body import LANDMARKS, VERTEX_Z, body_volume, grid_points, landmark_mask_at, landmark_volume, patient_grid
+from phantom.analytic import (
+    LANDMARKS,
+    VERTEX_Z,
+    body_volume,
+    grid_points,
+    landmark_mask_at,
+    landmark_volume,
+    patient_grid,
+)
 
 ZERO_FIELD = np.zeros((3, *DEFAULT_SPEC.shape), np.float32)
 
@@ -41,7 +49,9 @@ def canonical_scans():
 def test_same_anatomy_lands_on_the_same_canonical_voxels(canonical_scans):
     ref_ct, ref_offset, ref = canonical_scans["HFS"]
     ref_centroids = {
-        name: np.array(ndimage.center_of_mass(mask_to_canonical(landmark_volume(ref_ct.geometry, name, ref_offset), ref.frame)))
+        name: np.array(
+            ndimage.center_of_mass(mask_to_canonical(landmark_volume(ref_ct.geometry, name, ref_offset), ref.frame))
+        )
         for name in ("gland_l", "stem", "eye_r")
     }
     for scan_name, (ct, offset, can) in canonical_scans.items():
@@ -66,7 +76,7 @@ def test_left_is_left_in_every_patient_position(canonical_scans):
 
 
 def test_window_and_intensities(canonical_scans):
-    ct, _, can = canonical_scans["HFS"]
+    _ct, _, can = canonical_scans["HFS"]
     g = can.frame.geometry
     assert g.shape == (128, 128, 128) and g.spacing == DEFAULT_SPEC.spacing
     assert g.origin[2] == pytest.approx(can.frame.vertex_z_mm + DEFAULT_SPEC.top_margin_mm)
@@ -101,7 +111,7 @@ def test_a_ct_without_a_body_is_rejected():
 
 
 def _local_grid(centre, spacing, half_extent_mm=30.0, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> Geometry:
-    n = [int(round(2 * half_extent_mm / s)) for s in spacing]
+    n = [round(2 * half_extent_mm / s) for s in spacing]
     d = np.asarray(direction, float).reshape(3, 3)
     origin = np.asarray(centre) - d @ (np.asarray(spacing) * (np.array(n) - 1) / 2)
     return Geometry((n[2], n[1], n[0]), spacing, tuple(origin), direction)
@@ -116,7 +126,9 @@ def test_mask_through_the_canonical_grid_and_back(canonical_scans, radius_mm):
     pts = grid_points(patient)
     mask = (((pts - centre) ** 2).sum(-1) <= radius_mm**2).astype(np.uint8)
     soft = mask_to_canonical(Volume(mask, patient), can.frame)
-    back = warp_masks_to_patient({"s": (soft, can.frame.geometry)}, can.frame.geometry, can.frame.geometry, ZERO_FIELD, patient)["s"].full()
+    back = warp_masks_to_patient(
+        {"s": (soft, can.frame.geometry)}, can.frame.geometry, can.frame.geometry, ZERO_FIELD, patient
+    )["s"].full()
     voxel = np.asarray(patient.spacing)[::-1]
     shift_mm = (np.array(ndimage.center_of_mass(back)) - np.array(ndimage.center_of_mass(mask))) * voxel
     assert np.abs(shift_mm).max() < 0.5 * min(DEFAULT_SPEC.spacing), shift_mm
@@ -124,16 +136,21 @@ def test_mask_through_the_canonical_grid_and_back(canonical_scans, radius_mm):
 
 
 def test_identity_field_returns_every_mask_exactly_even_thin_ones(canonical_scans):
-    ct, offset, can = canonical_scans["FFS far origin, anisotropic"]
+    _ct, offset, can = canonical_scans["FFS far origin, anisotropic"]
     lens_centre = LANDMARKS["lens_l"][0] + np.asarray(offset)
     patient = _local_grid(lens_centre, (0.5, 0.6, 1.0), direction=(-1, 0, 0, 0, 1, 0, 0, 0, -1))
     pts = grid_points(patient)
     lens = landmark_mask_at(pts, "lens_l", offset)
     eye = landmark_mask_at(pts, "eye_l", offset)
-    nerve = ((((pts - lens_centre)[..., 0]) ** 2 + ((pts - lens_centre)[..., 2]) ** 2) <= 1.0).astype(np.uint8)  # 2 mm rod
+    nerve = ((((pts - lens_centre)[..., 0]) ** 2 + ((pts - lens_centre)[..., 2]) ** 2) <= 1.0).astype(
+        np.uint8
+    )  # 2 mm rod
     warped = warp_masks_to_patient(
         {"lens": (lens, patient), "eye": (eye, patient), "nerve": (nerve, patient)},
-        can.frame.geometry, can.frame.geometry, ZERO_FIELD, patient,
+        can.frame.geometry,
+        can.frame.geometry,
+        ZERO_FIELD,
+        patient,
     )
     for name, truth in {"lens": lens, "eye": eye, "nerve": nerve}.items():
         assert np.array_equal(warped[name].full(), truth), name
@@ -162,7 +179,10 @@ def test_atlas_and_patient_with_their_own_frames(canonical_scans):
     """Same anatomy in two differently placed scans: the zero field maps atlas OARs onto the patient's."""
     atlas_ct, atlas_offset, atlas = canonical_scans["HFS far origin, anisotropic"]
     patient_ct, patient_offset, patient = canonical_scans["FFS"]
-    masks = {n: (landmark_volume(atlas_ct.geometry, n, atlas_offset).array, atlas_ct.geometry) for n in ("gland_l", "stem", "eye_l")}
+    masks = {
+        n: (landmark_volume(atlas_ct.geometry, n, atlas_offset).array, atlas_ct.geometry)
+        for n in ("gland_l", "stem", "eye_l")
+    }
     warped = warp_masks_to_patient(masks, atlas.frame.geometry, patient.frame.geometry, ZERO_FIELD, patient_ct.geometry)
     for name, w in warped.items():
         truth = landmark_volume(patient_ct.geometry, name, patient_offset).array
@@ -171,7 +191,7 @@ def test_atlas_and_patient_with_their_own_frames(canonical_scans):
 
 
 def test_oars_pushed_out_of_the_scan_are_flagged(canonical_scans):
-    ct, offset, can = canonical_scans["HFS"]
+    _ct, _offset, can = canonical_scans["HFS"]
     g = can.frame.geometry
     patient = _local_grid(LANDMARKS["stem"][0], (1.0, 1.0, 2.0), half_extent_mm=12.0)
     mask = landmark_mask_at(grid_points(patient), "stem")

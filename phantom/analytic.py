@@ -1,4 +1,7 @@
-"""A tiny analytic head-and-neck body for geometry tests: defined in LPS millimetres, sampled on any grid.
+"""A small analytic head-and-neck body, defined in LPS millimetres and sampled on any grid.
+
+Used by the geometry tests (the same anatomy scanned HFS, FFS, anywhere in space, at any voxel size) and
+by the demo when no real CT is at hand. The full 36-OAR phantom generator builds on it.
 
 Head (ellipsoid with a skull shell), neck (cylinder), shoulders (a wide ellipsoid), and a few small
 "organs" used as landmarks. The vertex is at z = VERTEX_Z + offset.
@@ -69,7 +72,7 @@ def patient_grid(
     offset=(0.0, 0.0, 0.0),
 ) -> Geometry:
     """A scan covering ``extent_mm`` around the body, from ``top_z`` above the vertex downwards."""
-    n = [int(round(e / s)) for e, s in zip(extent_mm, spacing, strict=True)]
+    n = [round(e / s) for e, s in zip(extent_mm, spacing, strict=True)]
     off = np.asarray(offset, float)
     x0, y0 = -extent_mm[0] / 2 + off[0], -extent_mm[1] / 2 - 10 + off[1]
     z_top = VERTEX_Z + top_z + off[2]
