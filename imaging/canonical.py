@@ -184,15 +184,17 @@ def find_canonical_frame(ct: Volume, spec: CanonicalSpec = DEFAULT_SPEC) -> Cano
         )
     top = int(levels.max())
     z_of = lambda k: float(work.origin[2] + k * w)  # noqa: E731
-    top_cut = bool(area[min(top, size[2] - 1)] >= spec.top_cut_area_mm2 and top >= size[2] - 2)
+    # a large cross-section at the first body level: the scan (or a truncated field) starts inside the head
+    top_cut = bool(area[top] >= spec.top_cut_area_mm2)
     if top_cut:
         vertex_z = _extrapolated_vertex(area, top, z_of(top), w, spec.max_vertex_extrapolation_mm)
     else:  # sub-level refinement: where the cross-section crosses the threshold between two levels
         above = float(area[top + 1]) if top + 1 < size[2] else 0.0
         frac = (float(area[top]) - spec.min_vertex_area_mm2) / max(float(area[top]) - above, 1e-6)
         vertex_z = z_of(top) + float(np.clip(frac, 0.0, 1.0)) * w
-    window_top = vertex_z + spec.top_margin_mm if vertex_z is not None else float(hi[2])
-    vertex_z = float(hi[2]) if vertex_z is None else vertex_z
+    body_top = z_of(top) + w / 2
+    window_top = vertex_z + spec.top_margin_mm if vertex_z is not None else body_top
+    vertex_z = body_top if vertex_z is None else vertex_z
     nk, nj, ni = spec.shape
     si, sj, sk = spec.spacing
     window_bottom = window_top - (nk - 1) * sk

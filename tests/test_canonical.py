@@ -96,11 +96,34 @@ def test_scan_shorter_than_the_window_is_padded_and_flagged():
     assert can.image[-30:].max() == 0.0
 
 
-def test_scan_that_cuts_the_head_anchors_at_its_top():
-    geometry = patient_grid(spacing=(2.0, 2.0, 3.0), top_z=-60.0, extent_mm=(400.0, 300.0, 300.0))
+def test_a_scan_starting_just_below_the_vertex_extrapolates_the_dome():
+    geometry = patient_grid(spacing=(2.0, 2.0, 3.0), top_z=-15.0, extent_mm=(400.0, 300.0, 300.0))
     frame = find_canonical_frame(body_volume(geometry))
     assert frame.top_cut
-    assert frame.window_z_range_mm[1] == pytest.approx(frame.scanned_z_range_mm[1])
+    assert frame.vertex_z_mm > frame.scanned_z_range_mm[1]
+    assert abs(frame.vertex_z_mm - VERTEX_Z) < 8.0, frame.vertex_z_mm
+    assert frame.window_z_range_mm[1] == pytest.approx(frame.vertex_z_mm + DEFAULT_SPEC.top_margin_mm)
+
+
+def test_a_scan_starting_deep_in_the_head_anchors_at_its_top():
+    geometry = patient_grid(spacing=(2.0, 2.0, 3.0), top_z=-60.0, extent_mm=(400.0, 300.0, 300.0))
+    frame = find_canonical_frame(body_volume(geometry))
+    assert frame.top_cut  # 60 mm below the vertex the dome no longer tells where it closes
+    assert frame.window_z_range_mm[1] == pytest.approx(frame.scanned_z_range_mm[1], abs=2.5)
+
+
+def test_a_flat_truncated_top_anchors_the_window_at_the_top_of_the_body():
+    """OpenKBP-style: the CT was blanked to -1024 above a straight cut through the head."""
+    geometry = patient_grid(spacing=(2.0, 2.0, 3.0))
+    ct = body_volume(geometry)
+    cut_z = VERTEX_Z - 70.0
+    z = geometry.index_to_physical(
+        np.stack([np.zeros(geometry.shape[0]), np.zeros(geometry.shape[0]), np.arange(geometry.shape[0])], 1)
+    )[:, 2]
+    ct.array[z > cut_z] = -1024.0
+    frame = find_canonical_frame(ct)
+    assert frame.top_cut
+    assert abs(frame.window_z_range_mm[1] - cut_z) <= 4.0
 
 
 def test_a_ct_without_a_body_is_rejected():

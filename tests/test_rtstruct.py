@@ -11,7 +11,6 @@ import importlib.util
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -537,13 +536,13 @@ def test_reader_refuses_other_objects():
 # --- speed -----------------------------------------------------------------------------------------------
 
 
-def ellipsoid_masks(geometry: Geometry, count: int, seed: int = 0) -> list[np.ndarray]:
-    """``count`` ellipsoids from 0.1 cc to 1400 cc (log-spaced), each drawn only inside its box."""
+def ellipsoid_masks(geometry: Geometry, count: int, seed: int = 0, max_cc: float = 1400.0) -> list[np.ndarray]:
+    """``count`` ellipsoids from 0.1 cc to ``max_cc`` (log-spaced), each drawn only inside its box."""
     rng = np.random.default_rng(seed)
     nk, nj, ni = geometry.shape
     spacing_kji = np.array(geometry.spacing[::-1])
     masks = []
-    for volume_cc in np.geomspace(0.1, 1400.0, count):
+    for volume_cc in np.geomspace(0.1, max_cc, count):
         radius_mm = (3 * volume_cc * 1000 / (4 * np.pi)) ** (1 / 3) * np.array([1.2, 0.8, 1.0])  # k, j, i
         half = np.ceil(radius_mm / spacing_kji).astype(int) + 1
         centre = np.array([rng.uniform(h, n - h) for h, n in zip(half, (nk, nj, ni), strict=True)])
@@ -559,19 +558,19 @@ def ellipsoid_masks(geometry: Geometry, count: int, seed: int = 0) -> list[np.nd
     return masks
 
 
-def test_36_masks_on_a_clinical_grid_are_written_within_2_seconds(tmp_path):
-    geometry = Geometry((200, 512, 512), (0.98, 0.98, 2.5), (-250.0, -250.0, -600.0))
+def test_36_masks_of_very_different_sizes_round_trip(tmp_path):
+    """Correctness only: the speed on a 512 x 512 x 200 grid is measured by benchmarks/bench_rtstruct.py."""
+    geometry = Geometry((60, 192, 192), (0.98, 0.98, 2.5), (-250.0, -250.0, -600.0))
     ct = fake_ct(geometry)
-    masks = {RoiSpec(f"OAR {n:02d}", DEFAULT_COLORS[n % 12]): m for n, m in enumerate(ellipsoid_masks(geometry, 36))}
-    timings = []
-    for _ in range(2):  # best of two: the machine is shared
-        start = time.perf_counter()
-        write_rtstruct(ct, masks, tmp_path / "rs.dcm")
-        timings.append(time.perf_counter() - start)
-    assert min(timings) <= 2.0, f"writing 36 masks took {min(timings):.2f} s"
+    masks = {
+        RoiSpec(f"OAR {n:02d}", DEFAULT_COLORS[n % 12]): m
+        for n, m in enumerate(ellipsoid_masks(geometry, 36, max_cc=80.0))
+    }
+    write_rtstruct(ct, masks, tmp_path / "rs.dcm")
     read = read_rtstruct(tmp_path / "rs.dcm", ct)
-    for spec in list(masks)[::7]:
-        assert np.array_equal(read.rois[spec.name].mask, masks[spec])
+    assert len(read.rois) == 36
+    for spec, mask in masks.items():
+        assert np.array_equal(read.rois[spec.name].mask, mask), spec.name
 
 
 # --- independent tools -------------------------------------------------------------------------------
