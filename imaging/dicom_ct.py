@@ -18,6 +18,7 @@ counted while this module reads.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import re
@@ -161,18 +162,23 @@ def list_ct_series(source: DicomSource) -> list[SeriesSummary]:
     )
 
 
-def read_ct_series(source: DicomSource, series_uid: str | None = None) -> Volume:
+def read_ct_series(source: DicomSource, series_uid: str | None = None, *, fill_gaps: bool = False) -> Volume:
     """Read one CT series from ``source`` into a float32 HU ``Volume`` on its DICOM grid.
 
     ``source`` is a folder (searched recursively), a .zip file, a single file, bytes, or a list of paths,
     bytes and binary file objects. Files that are not CT Image Storage are skipped and counted in
     ``meta["ignored_files"]``. With several CT series, ``series_uid`` picks one.
+
+    Missing slices (gaps that are whole multiples of the usual spacing) are refused with the gap reported,
+    unless ``fill_gaps``: then the missing slices are interpolated linearly from their neighbours, listed in
+    ``meta["interpolated_slices"]`` and ``meta["warnings"]``, and have an empty SOP Instance UID (a structure
+    set refers to no image on them). Spacing that is no whole multiple cannot be reconstructed either way.
     """
     with _pydicom_messages_withheld() as withheld:
         scan = _scan(source)
         chosen = _choose_series(scan, series_uid)
         files, repeated_instances = _drop_repeated_instances(chosen)
-        volume = _assemble_volume(files)
+        volume = _assemble_volume(files, fill_gaps)
     ignored = scan.ignored_counts()
     ignored["other_ct_series"] = sum(len(f) for uid, f in scan.ct_series.items() if uid != files[0].series_uid)
     ignored["repeated_instances"] = repeated_instances
@@ -412,7 +418,7 @@ class _SliceHeader:
     columns: int
 
 
-def _assemble_volume(files: list[_CtFile]) -> Volume:
+def _assemble_volume(files: list[_CtFile], fill_gaps: bool = False) -> Volume:
     headers = [_slice_header(f) for f in files]
     _check_same_matrix(headers)
     row, col, normal = _common_orientation(headers)
@@ -424,15 +430,27 @@ def _assemble_volume(files: list[_CtFile]) -> Volume:
     positions = positions[order]
     along_z = abs(abs(normal[2]) - 1.0) < 1e-6
     _check_no_duplicate_positions(headers, positions, along_z)
+    warnings: list[str] = []
+    grid_index = np.arange(len(headers))
     if len(headers) > 1:
         _check_no_gantry_tilt(headers, normal, pixel_spacing)
-        slice_spacing = _regular_slice_spacing(headers, positions, along_z)
+        try:
+            slice_spacing = _regular_slice_spacing(headers, positions, along_z)
+        except IrregularSliceSpacingError as gap:
+            grid_index = _grid_index_of_slices(positions, gap) if fill_gaps else None
+            if grid_index is None:
+                raise
+            slice_spacing = float(gap.details["usual_spacing_mm"])
+            warnings.append(
+                gap.message.replace(" missing?", " missing") + "; interpolated from the neighbouring slices"
+            )
     else:
         slice_spacing = _single_slice_thickness(headers[0].file)
 
-    hu = np.empty((len(headers), headers[0].rows, headers[0].columns), dtype=np.float32)
-    for k, header in enumerate(headers):
+    hu = np.empty((int(grid_index[-1]) + 1, headers[0].rows, headers[0].columns), dtype=np.float32)
+    for k, header in zip(grid_index, headers, strict=True):
         hu[k] = _slice_hu(header)
+    interpolated = _interpolate_missing_slices(hu, grid_index)
 
     geometry = Geometry(
         shape=hu.shape,
@@ -440,7 +458,38 @@ def _assemble_volume(files: list[_CtFile]) -> Volume:
         origin=tuple(float(v) + 0.0 for v in headers[0].position),  # + 0.0 turns DICOM's "-0" into 0
         direction=tuple(float(v) + 0.0 for v in np.column_stack([row, col, normal]).ravel()),
     )
-    return Volume(hu, geometry, _series_meta(headers, positions))
+    meta = _series_meta(headers, positions)
+    if interpolated:
+        uids = [""] * hu.shape[0]
+        for k, uid in zip(grid_index, meta["sop_instance_uids"], strict=True):
+            uids[k] = uid
+        meta["sop_instance_uids"] = uids
+        meta["slice_positions"] = [float(positions[0] + k * slice_spacing) + 0.0 for k in range(hu.shape[0])]
+    meta["interpolated_slices"] = interpolated
+    meta["warnings"] = warnings
+    return Volume(hu, geometry, meta)
+
+
+def _grid_index_of_slices(positions: np.ndarray, gap: IrregularSliceSpacingError) -> np.ndarray | None:
+    """Each slice's index on the regular grid of the usual spacing, or None if some slice falls off it."""
+    usual = float(gap.details["usual_spacing_mm"])
+    steps = (positions - positions[0]) / usual
+    index = np.rint(steps).astype(int)
+    tolerance = max(MIN_SLICE_SPACING_TOLERANCE_MM, RELATIVE_SLICE_SPACING_TOLERANCE * usual) / usual
+    if np.abs(steps - index).max() > tolerance or len(np.unique(index)) != len(index):
+        return None
+    return index
+
+
+def _interpolate_missing_slices(hu: np.ndarray, grid_index: np.ndarray) -> list[int]:
+    """Fill the grid slices no file provided, linearly between the nearest real slices; their indices."""
+    missing: list[int] = []
+    for a, b in itertools.pairwise(grid_index):
+        for k in range(a + 1, b):
+            t = (k - a) / (b - a)
+            hu[k] = (1.0 - t) * hu[a] + t * hu[b]
+            missing.append(int(k))
+    return missing
 
 
 def _drop_repeated_instances(files: list[_CtFile]) -> tuple[list[_CtFile], int]:

@@ -63,14 +63,16 @@ def write_volume(volume: Volume, path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def read_ct(source: str | os.PathLike[str] | Sequence[DicomInput], series_uid: str | None = None) -> Volume:
+def read_ct(
+    source: str | os.PathLike[str] | Sequence[DicomInput], series_uid: str | None = None, *, fill_gaps: bool = False
+) -> Volume:
     """A CT in HU (float32) from DICOM (a folder, a zip, files or bytes) or from a NIfTI/NRRD file."""
     if isinstance(source, str | os.PathLike) and Path(source).is_file() and _is_volume_file(source):
         if series_uid is not None:
             raise ValueError(f"series_uid applies to DICOM input, not to {Path(source).name}")
         volume = read_volume(source)
         return volume.with_array(volume.array.astype(np.float32, copy=False))
-    return read_ct_series(source, series_uid=series_uid)
+    return read_ct_series(source, series_uid=series_uid, fill_gaps=fill_gaps)
 
 
 def read_mask(path: str | os.PathLike[str], reference: Geometry | None = None) -> Volume:

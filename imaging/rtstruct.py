@@ -343,6 +343,8 @@ def _character_set(dicom: Mapping[str, Any], specs: list[RoiSpec]) -> str:
 def _referenced_frame_of_reference(ct: CtReference) -> Dataset:
     images = []
     for sop_uid in ct.sop_instance_uids:
+        if not sop_uid:  # a slice the reader interpolated into a gap: no image to refer to
+            continue
         image = Dataset()
         image.ReferencedSOPClassUID = ct.sop_class_uid
         image.ReferencedSOPInstanceUID = sop_uid
@@ -394,11 +396,12 @@ def _roi_contour(number: int, spec: RoiSpec, mask: np.ndarray, ct: CtReference) 
         start = 0
         for polygon in polygons:
             n = len(polygon)
-            image = Dataset()
-            image.ReferencedSOPClassUID = ct.sop_class_uid
-            image.ReferencedSOPInstanceUID = ct.sop_instance_uids[k]
             item = Dataset()
-            item.ContourImageSequence = [image]
+            if ct.sop_instance_uids[k]:  # (type 3: a contour on an interpolated slice refers to no image)
+                image = Dataset()
+                image.ReferencedSOPClassUID = ct.sop_class_uid
+                image.ReferencedSOPInstanceUID = ct.sop_instance_uids[k]
+                item.ContourImageSequence = [image]
             item.ContourGeometricType = "CLOSED_PLANAR"
             item.NumberOfContourPoints = n
             item.ContourNumber = len(items) + 1

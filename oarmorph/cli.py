@@ -50,19 +50,22 @@ def main(version: Annotated[bool, typer.Option("--version", help="Print the vers
 
 CtArg = Annotated[Path, typer.Argument(help="CT: a DICOM folder, a zip of DICOM files, or a NIfTI/NRRD file.")]
 SeriesOpt = Annotated[str | None, typer.Option("--series", help="Series Instance UID when the input holds several.")]
+GapsOpt = Annotated[
+    bool, typer.Option("--fill-gaps", help="Interpolate missing slices instead of refusing the series (warned).")
+]
 
 
 @app.command()
-def info(ct: CtArg, series: SeriesOpt = None) -> None:
+def info(ct: CtArg, series: SeriesOpt = None, fill_gaps: GapsOpt = False) -> None:
     """Read a CT and print its geometry, series and the canonical window found on it."""
 
     def go() -> None:
         from imaging.canonical import find_canonical_frame
+        from imaging.errors import ImagingError
         from imaging.io import read_ct
 
-        volume = read_ct(ct, series_uid=series)
+        volume = read_ct(ct, series_uid=series, fill_gaps=fill_gaps)
         g = volume.geometry
-        frame = find_canonical_frame(volume)
         meta = volume.meta
         out = {
             "shape_kji": list(g.shape),
@@ -73,14 +76,19 @@ def info(ct: CtArg, series: SeriesOpt = None) -> None:
             "series_instance_uid": meta.get("series_instance_uid"),
             "patient_position": meta.get("patient_position"),
             "transfer_syntaxes": meta.get("transfer_syntaxes"),
-            "canonical_window": {
+            "warnings": meta.get("warnings", []),
+        }
+        try:
+            frame = find_canonical_frame(volume)
+            out["canonical_window"] = {
                 "vertex_z_mm": round(frame.vertex_z_mm, 2),
                 "top_cut": frame.top_cut,
                 "scan_shorter_than_window": frame.scan_shorter_than_window,
                 "window_z_range_mm": [round(z, 2) for z in frame.window_z_range_mm],
                 "origin_lps_mm": [round(o, 2) for o in frame.geometry.origin],
-            },
-        }
+            }
+        except ImagingError as exc:  # the series reads, but is no head-and-neck CT the model can take
+            out["canonical_window"] = exc.to_dict()
         typer.echo(json.dumps(out, indent=2, default=str))
 
     _run(go)
@@ -114,6 +122,7 @@ def canonical(
     out: Annotated[Path, typer.Option("-o", "--out", help="Canonical image (.nii.gz or .nrrd).")],
     png: Annotated[Path | None, typer.Option("--png", help="Also write a PNG of three orthogonal slices.")] = None,
     series: SeriesOpt = None,
+    fill_gaps: GapsOpt = False,
 ) -> None:
     """Apply THE preprocessing (canonical 128^3 window, [-170, 230] HU to [0, 1]) and save it."""
 
@@ -123,7 +132,7 @@ def canonical(
         from imaging.preview import save_orthogonal_png
         from imaging.volume import Volume
 
-        can = to_canonical(read_ct(ct, series_uid=series))
+        can = to_canonical(read_ct(ct, series_uid=series, fill_gaps=fill_gaps))
         write_volume(Volume(can.image, can.frame.geometry), out)
         if png:
             save_orthogonal_png(can.image, png, title=f"canonical {ct.name}")
@@ -157,6 +166,7 @@ def rtstruct(
         bool, typer.Option("--keep-unknown", help="Write masks whose names are not in the catalogue as they are.")
     ] = False,
     series: SeriesOpt = None,
+    fill_gaps: GapsOpt = False,
 ) -> None:
     """Write an RTSTRUCT from per-OAR masks on a CT (names mapped to TG-263 through the catalogue aliases)."""
 
@@ -166,7 +176,7 @@ def rtstruct(
         from imaging.io import read_mask
         from imaging.rtstruct import CtReference, RoiSpec, write_rtstruct
 
-        volume = read_ct_series(ct, series_uid=series)
+        volume = read_ct_series(ct, series_uid=series, fill_gaps=fill_gaps)
         specs: dict[RoiSpec, object] = {}
         for path in _mask_files(masks):
             raw_name = _strip_volume_suffix(path.name)
@@ -194,6 +204,7 @@ def masks_from_rtstruct(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder to write one mask per ROI into.")],
     fmt: Annotated[str, typer.Option("--format", help="nii.gz or nrrd")] = "nii.gz",
     series: SeriesOpt = None,
+    fill_gaps: GapsOpt = False,
 ) -> None:
     """Turn every ROI of an RTSTRUCT into a mask on its CT's grid (catalogue names where they map)."""
 
@@ -206,7 +217,7 @@ def masks_from_rtstruct(
 
         if fmt not in ("nii.gz", "nrrd"):
             raise typer.BadParameter("--format must be nii.gz or nrrd")
-        volume = read_ct_series(ct, series_uid=series)
+        volume = read_ct_series(ct, series_uid=series, fill_gaps=fill_gaps)
         structure_set = read_rtstruct(rtstruct_path, CtReference.from_volume(volume))
         out.mkdir(parents=True, exist_ok=True)
         for key, roi in structure_set.rois.items():

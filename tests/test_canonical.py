@@ -224,3 +224,31 @@ def test_oars_pushed_out_of_the_scan_are_flagged(canonical_scans):
     assert w.cut_by_scan and not w.empty
     nothing = warp_masks_to_patient({"none": (np.zeros_like(mask), patient)}, g, g, field, patient)["none"]
     assert nothing.empty and nothing.volume_cc == 0.0
+
+
+@pytest.mark.shared_data
+def test_the_real_scanner_series_gets_a_head_and_neck_window(shared_data_dir):
+    from imaging.dicom_ct import read_ct_series
+
+    ct = read_ct_series(shared_data_dir / "dicom" / "pycerr_head_neck_ct")
+    can = to_canonical(ct)
+    frame = can.frame
+    # its first slice cuts the skull cap: the vertex is extrapolated a little above the scan
+    assert frame.top_cut
+    assert frame.scanned_z_range_mm[1] < frame.vertex_z_mm < frame.scanned_z_range_mm[1] + 30.0
+    assert frame.scan_shorter_than_window  # 270 mm scanned, the window is 346 mm
+    head = can.image[5:60, 40:90, 40:90]
+    assert 0.3 < float(np.median(head)) < 0.7  # brain and soft tissue, inside the window
+    assert not can.fov_mask[0].any()  # above the scan: the extrapolated dome and the margin
+    assert can.fov_mask[8:90, 64, 64].all() and not can.fov_mask[-10:].any()
+
+
+@pytest.mark.shared_data
+def test_openkbp_truncated_ct_is_flagged(shared_data_dir):
+    from imaging.io import read_ct
+
+    frames = [
+        find_canonical_frame(read_ct(shared_data_dir / "openkbp" / "train" / p / "ct.nii.gz"))
+        for p in ("pt_1", "pt_100")
+    ]
+    assert all(f.top_cut for f in frames)  # both start inside the head (pt_1 truncated, pt_100 scanned so)

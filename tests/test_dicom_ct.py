@@ -367,6 +367,29 @@ def test_a_missing_slice_is_reported_as_a_gap(tmp_path):
     assert caught.value.details["usual_spacing_mm"] == pytest.approx(3.0)
 
 
+def test_missing_slices_can_be_interpolated_on_request(tmp_path):
+    volume = make_ct(shape=(7, 4, 5), spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, -30.0))
+    paths = write_series(volume, tmp_path)
+    paths[2].unlink()
+    paths[3].unlink()
+
+    filled = read_ct_series(tmp_path, fill_gaps=True)
+
+    assert filled.geometry.shape == (7, 4, 5) and filled.geometry.spacing[2] == pytest.approx(3.0)
+    assert filled.meta["interpolated_slices"] == [2, 3]
+    assert filled.meta["sop_instance_uids"][2] == "" and filled.meta["sop_instance_uids"][4] != ""
+    assert "2 slices missing" in filled.meta["warnings"][0] and "interpolated" in filled.meta["warnings"][0]
+    np.testing.assert_allclose(filled.array[[0, 1, 4, 5, 6]], volume.array[[0, 1, 4, 5, 6]])
+    np.testing.assert_allclose(filled.array[2], volume.array[1] + (volume.array[4] - volume.array[1]) / 3, atol=1e-3)
+
+
+def test_spacing_off_the_grid_is_refused_even_when_gaps_may_be_filled(tmp_path):
+    paths = write_series(make_ct(shape=(5, 4, 5), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0)), tmp_path)
+    edit(paths[4], ImagePositionPatient=[0, 0, 9])
+    with pytest.raises(IrregularSliceSpacingError):
+        read_ct_series(tmp_path, fill_gaps=True)
+
+
 def test_irregular_spacing_that_is_not_a_gap_is_reported(tmp_path):
     paths = write_series(make_ct(shape=(5, 4, 5), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0)), tmp_path)
     edit(paths[4], ImagePositionPatient=[0, 0, 9])
@@ -602,6 +625,9 @@ def test_pydicom_four_slice_series_has_161_slices_missing():
         "slice gap of 202.5 mm between z=-99.48 and z=103.02 where the spacing is 1.25 mm elsewhere: "
         "161 slices missing?"
     )
+
+    filled = read_ct_series(folder, fill_gaps=True)
+    assert filled.geometry.shape == (165, 16, 16) and len(filled.meta["interpolated_slices"]) == 161
 
     contiguous = read_ct_series(sorted(folder.iterdir())[1:])  # the three neighbouring slices
     assert contiguous.geometry.shape == (3, 16, 16)

@@ -6,6 +6,7 @@ rt-utils opens the file. External tools and the shared data are optional (skippe
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.util
 import re
@@ -743,3 +744,26 @@ def test_plastimatch_reads_the_expert_masks_like_we_do(tmp_path, shared_data_dir
     report = {name: dice(theirs[name], mask) for name, mask in masks.items()}
     print(f"\nplastimatch vs our masks, {case}: " + ", ".join(f"{n} {d:.4f}" for n, d in report.items()))
     assert all(d >= 0.97 for d in report.values()), report
+
+
+def test_contours_on_interpolated_slices_refer_to_no_image(tmp_path):
+    """A CT read with fill_gaps has slices without SOP Instance UID: nothing may refer to them."""
+    geometry = Geometry((6, 32, 32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    ct = fake_ct(geometry)
+    uids = list(ct.sop_instance_uids)
+    uids[2] = ""
+    ct = dataclasses.replace(ct, sop_instance_uids=tuple(uids))
+    mask = np.zeros(geometry.shape, np.uint8)
+    mask[1:4, 10:20, 10:20] = 1
+    ds = write_rtstruct(ct, {"Box": mask}, tmp_path / "rs.dcm")
+    referenced = [
+        i.ReferencedSOPInstanceUID
+        for i in ds.ReferencedFrameOfReferenceSequence[0]
+        .RTReferencedStudySequence[0]
+        .RTReferencedSeriesSequence[0]
+        .ContourImageSequence
+    ]
+    assert "" not in referenced and len(referenced) == 5
+    contours = ds.ROIContourSequence[0].ContourSequence
+    assert len(contours) == 3 and sum("ContourImageSequence" in c for c in contours) == 2
+    assert np.array_equal(read_rtstruct(tmp_path / "rs.dcm", ct).rois["Box"].mask, mask)
