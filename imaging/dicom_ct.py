@@ -58,6 +58,7 @@ from .errors import (
     UndecodablePixelDataError,
     UnsupportedFormatError,
 )
+from .rtstruct import PATIENT_STUDY_KEYWORDS
 from .volume import Geometry, Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -69,19 +70,7 @@ DicomInput = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 DicomSource = str | os.PathLike[str] | bytes | BinaryIO | Sequence[DicomInput]
 
 # The patient and study attributes an RTSTRUCT must repeat from its CT (copied as strings into meta["dicom"]).
-RTSTRUCT_COPIED_ATTRIBUTES = (
-    "SpecificCharacterSet",
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "StudyDescription",
-)
+RTSTRUCT_COPIED_ATTRIBUTES = ("SpecificCharacterSet", *PATIENT_STUDY_KEYWORDS)
 
 ORIENTATION_TOLERANCE = 1e-4  # per ImageOrientationPatient component
 PIXEL_SPACING_TOLERANCE_MM = 1e-4

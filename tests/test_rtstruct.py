@@ -26,6 +26,7 @@ from imaging.ct_writer import CtSeriesInfo, write_ct_series
 from imaging.errors import GeometryMismatchError, MissingAttributeError, RtStructError, RtStructReferenceError
 from imaging.rtstruct import (
     DEFAULT_COLORS,
+    PATIENT_STUDY_KEYWORDS,
     CtReference,
     RoiSpec,
     read_rtstruct,
@@ -36,18 +37,7 @@ from imaging.volume import Geometry, Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
-COPIED = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "StudyDescription",
-)
+
 CREATED = dt.datetime(2026, 2, 3, 4, 5, 6)
 
 
@@ -64,7 +54,7 @@ def ct_volume_from_series(paths: list[Path], array: np.ndarray, geometry: Geomet
         "study_instance_uid": first.StudyInstanceUID,
         "series_instance_uid": first.SeriesInstanceUID,
         "frame_of_reference_uid": first.FrameOfReferenceUID,
-        "dicom": {key: str(first.get(key, "")) for key in ("SpecificCharacterSet", *COPIED)},
+        "dicom": {key: str(first.get(key, "")) for key in ("SpecificCharacterSet", *PATIENT_STUDY_KEYWORDS)},
     }
     return Volume(array, geometry, meta)
 
@@ -341,7 +331,7 @@ def test_header_follows_the_ct_and_the_rt_structure_set_iod(tmp_path):
     assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
     assert ds.SpecificCharacterSet == first_ct.SpecificCharacterSet
     assert (ds.InstanceCreationDate, ds.InstanceCreationTime) == ("20260203", "040506")
-    for keyword in COPIED:
+    for keyword in PATIENT_STUDY_KEYWORDS:
         assert str(ds.get(keyword)) == str(first_ct.get(keyword, "")), keyword
     assert ds.StudyInstanceUID == first_ct.StudyInstanceUID
     assert ds.FrameOfReferenceUID == first_ct.FrameOfReferenceUID
