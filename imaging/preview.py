@@ -1,4 +1,4 @@
-"""Quick-look PNGs: three orthogonal slices of a volume, optionally with mask outlines.
+"""Quick-look PNGs: slices of a volume, optionally with mask outlines.
 
 For people, not for computation: demo output, phantom sheets, job QA pictures. Matplotlib is imported
 lazily with the non-interactive Agg backend, so servers without a display can call it.
@@ -7,6 +7,7 @@ lazily with the non-interactive Agg backend, so servers without a display can ca
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,55 +15,47 @@ import numpy as np
 from .volume import Geometry
 
 
-def _display_aspects(spacing_ijk: Sequence[float]) -> tuple[float, float, float]:
-    si, sj, sk = spacing_ijk
-    return sj / si, sk / si, sk / sj  # axial (j over i), coronal (k over i), sagittal (k over j)
+@dataclass
+class Panel:
+    """One picture: a 2-D plane, its display aspect (row spacing / column spacing) and outlines to draw."""
+
+    title: str
+    image: np.ndarray
+    aspect: float = 1.0
+    masks: dict[str, tuple[np.ndarray, tuple[int, int, int]]] = field(default_factory=dict)  # name -> (2-D, RGB)
+    flip_rows: bool = False  # draw row 0 at the bottom (e.g. k running from feet to head)
+    window: tuple[float, float] | None = None
 
 
-def save_orthogonal_png(
-    image: np.ndarray,
-    path: str | Path,
-    *,
-    geometry: Geometry | None = None,
-    masks: Mapping[str, tuple[np.ndarray, tuple[int, int, int]]] | None = None,
-    centre_kji: Sequence[int] | None = None,
-    window: tuple[float, float] | None = None,
-    title: str = "",
-    flip_k: bool = False,
+def save_panels_png(
+    panels: Sequence[Panel], path: str | Path, *, title: str = "", columns: int | None = None, labels: bool = False
 ) -> Path:
-    """Axial, coronal and sagittal slices through ``centre_kji`` (default: the middle).
-
-    ``masks``: name -> (mask [k, j, i] on the image grid, RGB colour 0..255); drawn as outlines.
-    ``flip_k``: draw k upwards (for grids whose k runs from feet to head, so the head is at the top).
-    """
+    """A grid of panels on black, outlines in their colours; ``labels`` writes each outline's name once."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    nk, nj, ni = image.shape
-    ck, cj, ci = centre_kji if centre_kji is not None else (nk // 2, nj // 2, ni // 2)
-    vmin, vmax = window if window is not None else (float(np.percentile(image, 1)), float(np.percentile(image, 99)))
-    aspects = _display_aspects(geometry.spacing) if geometry is not None else (1.0, 1.0, 1.0)
-    views = [
-        ("axial", lambda a: a[ck], aspects[0]),
-        ("coronal", lambda a: a[:, cj, :], aspects[1]),
-        ("sagittal", lambda a: a[:, :, ci], aspects[2]),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), facecolor="black")
-    for ax, (name, cut, aspect) in zip(axes, views, strict=True):
-        plane = cut(image)
-        origin = "lower" if (flip_k and name != "axial") else "upper"
-        ax.imshow(plane, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, origin=origin, interpolation="nearest")
-        for mask_name, (mask, color) in (masks or {}).items():
-            m = cut(mask)
-            if m.any():
-                ax.contour(
-                    m.astype(float), levels=[0.5], colors=[tuple(c / 255 for c in color)], linewidths=0.8, origin=origin
-                )
-                del mask_name
-        ax.set_title(name, color="white")
+    columns = columns or len(panels)
+    rows = int(np.ceil(len(panels) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 5.2 * rows), facecolor="black", squeeze=False)
+    for ax in axes.ravel():
         ax.axis("off")
+    for ax, panel in zip(axes.ravel(), panels, strict=False):
+        origin = "lower" if panel.flip_rows else "upper"
+        vmin, vmax = panel.window or (float(np.percentile(panel.image, 1)), float(np.percentile(panel.image, 99)))
+        ax.imshow(
+            panel.image, cmap="gray", vmin=vmin, vmax=vmax, aspect=panel.aspect, origin=origin, interpolation="nearest"
+        )
+        for name, (mask, color) in panel.masks.items():
+            if not mask.any():
+                continue
+            rgb = tuple(c / 255 for c in color)
+            ax.contour(mask.astype(float), levels=[0.5], colors=[rgb], linewidths=0.7, origin=origin)
+            if labels:
+                rr, cc = np.nonzero(mask)
+                ax.text(cc.mean(), rr.mean(), name, color=rgb, fontsize=5, ha="center", va="center")
+        ax.set_title(panel.title, color="white", fontsize=9)
     if title:
         fig.suptitle(title, color="white")
     fig.tight_layout()
@@ -71,3 +64,32 @@ def save_orthogonal_png(
     fig.savefig(out, dpi=90, facecolor="black")
     plt.close(fig)
     return out
+
+
+def orthogonal_panels(
+    image: np.ndarray,
+    *,
+    geometry: Geometry | None = None,
+    masks: Mapping[str, tuple[np.ndarray, tuple[int, int, int]]] | None = None,
+    centre_kji: Sequence[int] | None = None,
+    window: tuple[float, float] | None = None,
+    flip_k: bool = False,
+) -> list[Panel]:
+    """Axial, coronal and sagittal panels through ``centre_kji`` (default: the middle) of a ``[k, j, i]`` volume."""
+    nk, nj, ni = image.shape
+    ck, cj, ci = centre_kji if centre_kji is not None else (nk // 2, nj // 2, ni // 2)
+    si, sj, sk = geometry.spacing if geometry is not None else (1.0, 1.0, 1.0)
+    cuts = [
+        ("axial", lambda a: a[ck], sj / si, False),
+        ("coronal", lambda a: a[:, cj, :], sk / si, flip_k),
+        ("sagittal", lambda a: a[:, :, ci], sk / sj, flip_k),
+    ]
+    return [
+        Panel(name, cut(image), aspect, {n: (cut(m), c) for n, (m, c) in (masks or {}).items()}, flip, window)
+        for name, cut, aspect, flip in cuts
+    ]
+
+
+def save_orthogonal_png(image: np.ndarray, path: str | Path, *, title: str = "", **kwargs) -> Path:
+    """Three orthogonal slices of a volume with optional outlines (see ``orthogonal_panels``)."""
+    return save_panels_png(orthogonal_panels(image, **kwargs), path, title=title)

@@ -119,6 +119,18 @@ def _patient_box(
     return p_lo, p_hi, reaches_border, cut
 
 
+def physical_field_to_index_units(displacement_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A displacement field in LPS mm (components x, y, z; array ``(3, nk, nj, ni)``) on ``geometry``, as the
+    index-unit field ``warp_masks_to_patient`` takes with ``geometry`` as both fixed and atlas frame.
+
+    Then y = x + u(x) is the index (on ``geometry``) of the point p + d(p): the same pull map, so an ITK
+    displacement field (e.g. a phantom's true deformation) is applied by the very code that applies the model's.
+    """
+    to_index = np.linalg.inv(geometry.direction_matrix * np.asarray(geometry.spacing)[None, :])  # mm -> (i, j, k)
+    ijk = np.einsum("ab,b...->a...", to_index, np.asarray(displacement_mm, np.float64))
+    return ijk[::-1].astype(np.float32)  # channels in array order (k, j, i)
+
+
 def crop_to_content(mask: np.ndarray, geometry: Geometry, pad: int = 1) -> tuple[np.ndarray, Geometry] | None:
     """The mask cut to its non-zero bounding box plus ``pad`` voxels, with the matching geometry (None if empty)."""
     nz_axes = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0] for axis in range(3)]
