@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.oarmorph-installed
-EXTRAS ?= service,dev
+EXTRAS ?= service,train,dev
 
 .PHONY: demo test lint format tools openapi bench clean
 

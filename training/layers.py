@@ -1,0 +1,120 @@
+"""The geometric layers of the cascade, one small module per idea (after VoxelMorph's PyTorch layers).
+
+Tensors are ``[batch, channel, k, j, i]`` on a canonical grid. A field is a pull displacement in voxels with
+channels in array order (k, j, i), exactly ``imaging.canonical.FIELD_CONVENTION``: the warped image at x is the
+moving image at x + u(x).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def identity_grid(shape: tuple[int, int, int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel indices ``[1, 3, k, j, i]`` (channel c holds the index along axis c)."""
+    vectors = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*vectors, indexing="ij"))[None]
+
+
+class SpatialTransformer(nn.Module):
+    """Warp ``src`` by a pull field: trilinear (or nearest) sampling at x + u(x), zero outside."""
+
+    def __init__(self, shape: tuple[int, int, int], mode: str = "bilinear", padding_mode: str = "zeros") -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.mode = mode
+        self.padding_mode = padding_mode
+        self.register_buffer("grid", identity_grid(self.shape), persistent=False)
+        self.register_buffer(
+            "scale", torch.tensor([2.0 / (n - 1) for n in self.shape]).view(1, 3, 1, 1, 1), persistent=False
+        )
+
+    def forward(self, src: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        locs = (self.grid + flow) * self.scale - 1.0  # to [-1, 1] with align_corners=True
+        locs = locs.permute(0, 2, 3, 4, 1).flip(-1)  # grid_sample wants (x, y, z) = (i, j, k) last
+        return F.grid_sample(src, locs, mode=self.mode, padding_mode=self.padding_mode, align_corners=True)
+
+
+class VecInt(nn.Module):
+    """Scaling and squaring: the displacement of exp(v) for a stationary velocity field v, in ``steps`` squarings."""
+
+    def __init__(self, shape: tuple[int, int, int], steps: int = 8) -> None:
+        super().__init__()
+        self.steps = steps
+        # border padding: a displacement sampled just outside the grid keeps its border value
+        self.transformer = SpatialTransformer(shape, padding_mode="border")
+
+    def forward(self, velocity: torch.Tensor) -> torch.Tensor:
+        disp = velocity / (2**self.steps)
+        for _ in range(self.steps):
+            disp = disp + self.transformer(disp, disp)
+        return disp
+
+
+def compose(outer: torch.Tensor, inner: torch.Tensor, transformer: SpatialTransformer) -> torch.Tensor:
+    """The field of ``x -> y(x) = z + outer(z)`` with ``z = x + inner(x)`` (inner applied first)."""
+    return inner + transformer(outer, inner)
+
+
+class GaussianSmoothing(nn.Module):
+    """Fixed (not learned) separable Gaussian smoothing of each channel, sigma in voxels."""
+
+    def __init__(self, channels: int, sigma: float) -> None:
+        super().__init__()
+        radius = max(1, math.ceil(2.5 * sigma))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+        self.register_buffer("kernel", (kernel / kernel.sum()), persistent=False)
+        self.channels = channels
+        self.radius = radius
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, r = self.channels, self.radius
+        k = self.kernel.to(x.dtype)
+        for axis in range(3):
+            shape = [1, 1, 1]
+            shape[axis] = k.numel()
+            weight = k.view(1, 1, *shape).repeat(c, 1, 1, 1, 1)
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
+            x = F.conv3d(F.pad(x, pad, mode="replicate"), weight, groups=c)
+        return x
+
+
+class AffineToField(nn.Module):
+    """12 affine parameters -> the pull field of y = c + (I + W)(x - c) + t, in voxels (c: the grid centre).
+
+    Parameters are (W row-major, 9 values, then t, 3 values in voxels), all zero for the identity.
+    """
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.register_buffer("grid", identity_grid(tuple(shape)), persistent=False)
+        self.register_buffer("centre", torch.tensor([(n - 1) / 2 for n in shape]).view(1, 3, 1, 1, 1), persistent=False)
+
+    def matrix(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = params[:, :9].view(-1, 3, 3)
+        return w, params[:, 9:12]
+
+    def forward(self, params: torch.Tensor) -> torch.Tensor:
+        w, t = self.matrix(params)
+        rel = self.grid - self.centre  # [1, 3, k, j, i]
+        disp = torch.einsum("bcd,bdkji->bckji", w, rel.expand(params.shape[0], -1, -1, -1, -1))
+        return disp + t.view(-1, 3, 1, 1, 1)
+
+
+def resize_field(field: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """A field on another grid size: trilinear resampling with the displacements rescaled to the new voxels.
+
+    Fields are computed at a low resolution (cheap) and used at the image's (e.g. 64^3 -> 128^3). With
+    align_corners=True the corner voxels coincide, so a voxel displacement scales by (n_new - 1)/(n_old - 1).
+    """
+    old = field.shape[2:]
+    factors = torch.tensor(
+        [(n - 1) / (o - 1) for n, o in zip(shape, old, strict=True)], dtype=field.dtype, device=field.device
+    ).view(1, 3, 1, 1, 1)
+    return F.interpolate(field, size=shape, mode="trilinear", align_corners=True) * factors
