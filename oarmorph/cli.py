@@ -283,5 +283,85 @@ def demo(
     _run(lambda: run_demo(out, ct))
 
 
+@app.command("cache")
+def cache_cohort(
+    cohort: Annotated[Path, typer.Option("--cohort", help="Cohort folder (one folder per patient).")],
+    out: Annotated[Path, typer.Option("--out", help="Cache folder for the canonical arrays.")],
+    split: Annotated[str | None, typer.Option("--split", help="Only this split of the cohort's split.json.")] = None,
+) -> None:
+    """Preprocess a cohort once (the canonical space of the service) into the training cache."""
+    from training.cache import build_cache
+    from training.cohort import read_cohort
+
+    cases = read_cohort(cohort, split)
+    build_cache(cases, out, progress=lambda n, cid: typer.echo(f"{n + 1}/{len(cases)} {cid}"))
+
+
+@app.command("train")
+def train_command(config: Annotated[Path, typer.Argument(help="Training configuration (YAML).")]) -> None:
+    """Train a cascade (resumes from the run folder's latest checkpoint)."""
+    from training.train import TrainConfig, train
+
+    run = train(TrainConfig.load(config), log=typer.echo)
+    typer.echo(f"done: {run}")
+
+
+phantom_app = typer.Typer(help="Synthetic head-and-neck phantoms with known ground truth.", no_args_is_help=True)
+app.add_typer(phantom_app, name="phantom")
+
+
+@phantom_app.command("atlas")
+def phantom_atlas(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the atlas case into.")],
+    spacing: Annotated[float, typer.Option("--spacing", help="Voxel size of the atlas CT in mm.")] = 1.0,
+) -> None:
+    """The 36-OAR phantom atlas: DICOM CT, one mask per OAR, RTSTRUCT, landmarks."""
+    from phantom.cohort import write_atlas
+
+    folder = write_atlas(out, spacing)
+    typer.echo(f"wrote the phantom atlas to {folder}")
+
+
+@phantom_app.command("cohort")
+def phantom_cohort(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the cohort (one folder per patient).")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of patients.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same bytes.")] = 0,
+    size: Annotated[str, typer.Option("--size", help="small (fast tests) or full (512x512, 150-250 slices)")] = "small",
+) -> None:
+    """A cohort of phantom patients with known deformations, and its train/validation/test split."""
+    import time
+
+    from phantom.cohort import generate_cohort
+
+    if size not in ("small", "full"):
+        raise typer.BadParameter("--size must be small or full")
+    start = time.perf_counter()
+
+    def progress(index, cid, case) -> None:
+        g = case.ct.geometry
+        typer.echo(
+            f"{cid}: {case.scan.patient_position} {g.shape[2]}x{g.shape[1]}x{g.shape[0]} "
+            f"{g.spacing[0]:.2f}x{g.spacing[1]:.2f}x{g.spacing[2]:.2f} mm, {len(case.masks)} OARs, "
+            f"min Jacobian {case.meta['min_jacobian']:.2f}{', metal implant' if case.scan.metal_implant else ''} "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
+
+    manifest = generate_cohort(n, seed, out, size, progress)
+    typer.echo(f"wrote {len(manifest['cases'])} patients and split.json to {out}")
+
+
+@phantom_app.command("sheets")
+def phantom_sheets(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the PNG sheets.")] = Path("docs/phantom"),
+    seed: Annotated[int, typer.Option("--seed")] = 2026,
+) -> None:
+    """Regenerate the PNG sheets of docs/phantom: the atlas and patients (extreme poses, metal)."""
+    from phantom.sheets import write_sheets
+
+    for path in write_sheets(out, seed):
+        typer.echo(f"wrote {path}")
+
+
 def entrypoint() -> None:  # pragma: no cover - console script shim
     sys.exit(app())

@@ -1,0 +1,133 @@
+"""The cascade of Huang et al. (Eq. 3-4): one affine block and N dense diffeomorphic blocks.
+
+    y = A(phi_1(phi_2(x)))        the atlas (moving) is moved by A first, then by each dense block
+
+Each dense block sees the fixed image and the atlas warped by everything before it, predicts the mean and
+log-variance of a stationary velocity field (sampled with the reparameterization trick in training, the mean
+at inference), smooths it with a fixed Gaussian, and integrates it by scaling and squaring. The networks work
+on ``net_shape`` (e.g. 64^3 on a CPU); their fields are resized to the image grid, so the model takes the
+canonical 128^3 images and returns one composed pull field on them (``imaging.canonical.FIELD_CONVENTION``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import AffineToField, GaussianSmoothing, SpatialTransformer, VecInt, compose, identity_grid, resize_field
+from .networks import AffineLocalization, VelocityUNet
+
+
+@dataclass
+class DenseBlockConfig:
+    widths: tuple[int, ...] = (12, 12, 12)
+    dense: bool = True
+    growth: int = 6
+    layers_per_block: int = 2
+    probabilistic: bool = True  # False: the network predicts the velocity directly (non-generative baselines)
+
+
+@dataclass
+class CascadeConfig:
+    image_shape: tuple[int, int, int] = (128, 128, 128)
+    net_shape: tuple[int, int, int] = (64, 64, 64)
+    affine_widths: tuple[int, ...] = (8, 12, 16, 24, 24)
+    dense_blocks: list[DenseBlockConfig] = field(default_factory=lambda: [DenseBlockConfig(), DenseBlockConfig()])
+    smoothing_sigma: float = 1.0  # voxels of net_shape
+    integration_steps: int = 8
+    affine_translation_scale: float = 10.0  # the network's translation outputs are in units of this many voxels
+
+
+@dataclass
+class CascadeOutput:
+    field: torch.Tensor  # composed pull field on image_shape, voxels, channels (k, j, i)
+    affine_field: torch.Tensor  # the affine block's alone, on image_shape
+    stage_fields: list[torch.Tensor]  # composed field after the affine block and after each dense block
+    means: list[torch.Tensor] = field(default_factory=list)
+    log_vars: list[torch.Tensor | None] = field(default_factory=list)
+    velocities: list[torch.Tensor] = field(default_factory=list)
+    affine_params: torch.Tensor | None = None
+
+
+class Cascade(nn.Module):
+    def __init__(self, config: CascadeConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.affine_net = AffineLocalization(tuple(config.affine_widths))
+        self.to_field_net = AffineToField(config.net_shape)
+        self.to_field_img = AffineToField(config.image_shape)
+        self.dense_nets = nn.ModuleList(
+            VelocityUNet(tuple(b.widths), b.dense, b.growth, b.layers_per_block, b.probabilistic)
+            for b in config.dense_blocks
+        )
+        self.smooth = GaussianSmoothing(3, config.smoothing_sigma)
+        self.integrate = VecInt(config.net_shape, config.integration_steps)
+        self.warp_net = SpatialTransformer(config.net_shape)
+        self.warp_img = SpatialTransformer(config.image_shape)
+        self.compose_net = SpatialTransformer(config.net_shape, padding_mode="border")
+        self.register_buffer("_grid_net", identity_grid(tuple(config.net_shape)), persistent=False)
+
+    def _to_net(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[2:]) == tuple(self.config.net_shape):
+            return x
+        return F.interpolate(x, size=self.config.net_shape, mode="trilinear", align_corners=True)
+
+    def _affine_params(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        raw = self.affine_net(torch.cat([fixed, moving], dim=1))
+        scale = torch.ones(12, device=raw.device, dtype=raw.dtype)
+        scale[9:] = self.config.affine_translation_scale
+        return raw * scale
+
+    @staticmethod
+    def _with_affine(dense: torch.Tensor, affine_field: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Field of A(x + d(x)): d + u_A(x + d) = d + u_A(x) + W d, exact since A is affine."""
+        return dense + affine_field + torch.einsum("bcd,bdkji->bckji", w, dense)
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, sample: bool = False) -> CascadeOutput:
+        """``fixed``, ``moving``: [b, 1, *image_shape] canonical images. Fields are returned on image_shape."""
+        cfg = self.config
+        fixed_n, moving_n = self._to_net(fixed), self._to_net(moving)
+        params = self._affine_params(fixed_n, moving_n)
+        w = params[:, :9].view(-1, 3, 3)
+        # the affine in net voxels: translations scale with the grid, the linear part does not
+        ratio = torch.tensor(
+            [(n - 1) / (m - 1) for n, m in zip(cfg.net_shape, cfg.image_shape, strict=True)],
+            device=params.device,
+            dtype=params.dtype,
+        )
+        params_net = torch.cat([params[:, :9], params[:, 9:] * ratio], dim=1)
+        affine_net_field = self.to_field_net(params_net)
+        dense = torch.zeros_like(affine_net_field)
+        out = CascadeOutput(
+            field=affine_net_field, affine_field=affine_net_field, stage_fields=[], affine_params=params
+        )
+        stage_net_fields = [affine_net_field]
+        for net in self.dense_nets:
+            current = self._with_affine(dense, affine_net_field, w)
+            moved = self.warp_net(moving_n, current)
+            mean, log_var = net(torch.cat([fixed_n, moved], dim=1))
+            velocity = mean
+            if sample and log_var is not None:
+                velocity = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+            velocity = self.smooth(velocity)
+            phi = self.integrate(velocity)
+            dense = compose(dense, phi, self.compose_net)  # phi first, then what came before it
+            out.means.append(mean)
+            out.log_vars.append(log_var)
+            out.velocities.append(velocity)
+            stage_net_fields.append(self._with_affine(dense, affine_net_field, w))
+        out.stage_fields = [self._to_image(f) for f in stage_net_fields]
+        out.field = out.stage_fields[-1]
+        out.affine_field = out.stage_fields[0]
+        return out
+
+    def _to_image(self, f: torch.Tensor) -> torch.Tensor:
+        if tuple(f.shape[2:]) == tuple(self.config.image_shape):
+            return f
+        return resize_field(f, tuple(self.config.image_shape))
+
+    def warp(self, image: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+        return self.warp_img(image, field)
