@@ -51,7 +51,9 @@ def save_panels_png(
             if not mask.any():
                 continue
             rgb = tuple(c / 255 for c in color)
-            ax.contour(mask.astype(float), levels=[0.5], colors=[rgb], linewidths=0.7, origin=origin)
+            rows, cols = np.arange(mask.shape[0]), np.arange(mask.shape[1])
+            # explicit pixel coordinates: the outline lands on the image whichever way its rows are drawn
+            ax.contour(cols, rows, mask.astype(float), levels=[0.5], colors=[rgb], linewidths=0.7)
             if labels:
                 rr, cc = np.nonzero(mask)
                 ax.text(cc.mean(), rr.mean(), name, color=rgb, fontsize=5, ha="center", va="center")

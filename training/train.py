@@ -226,9 +226,10 @@ def train(cfg: TrainConfig, log=print) -> Path:
             if step % 10 == 0:
                 fh.flush()
                 elapsed = time.perf_counter() - start
+                value = {k: float(v.detach()) for k, v in terms.items()}
                 log(
-                    f"step {step}/{cfg.steps} loss {float(terms['total']):.4f} mi {float(terms['mi']):.3f} "
-                    f"seg {float(terms['seg']):.4f} ({elapsed / max(step - first_step, 1):.2f} s/step)"
+                    f"step {step}/{cfg.steps} loss {value['total']:.4f} mi {value['mi']:.3f} seg {value['seg']:.4f} "
+                    f"({elapsed / max(step - first_step, 1):.2f} s/step)"
                 )
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(latest)
