@@ -64,6 +64,8 @@ import numpy as np
 from anatomy.catalogue import BY_NAME, OARS, Laterality
 from imaging.volume import Geometry, Volume
 
+from .deformation import rotation_matrix
+
 # ----------------------------------------------------------------------------------------------------------
 # Tissues and OARs
 # ----------------------------------------------------------------------------------------------------------
@@ -239,16 +241,6 @@ class Shape:
     def grown(self, d: float) -> Shape:
         """The solid with its surface moved outwards by about ``d`` mm (inwards for negative ``d``)."""
         raise NotImplementedError(type(self).__name__)
-
-
-def _rotation(axis: str, degrees: float) -> np.ndarray:
-    """Rotation matrix about a coordinate axis (right-handed)."""
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    if axis == "x":
-        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-    if axis == "y":
-        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
 def _frame_along(direction: Sequence[float]) -> np.ndarray:
@@ -777,7 +769,7 @@ def _paint_body(c: _Canvas) -> None:
             (-168.0, 0.0, -95.0, 4.0, 3.0, 3.0, 2.0, 2.0),
         ]
     )
-    ears = both_sides(Ellipsoid((72.0, 10.0, -121.0), (4.5, 14.0, 25.0), rotation=_rotation("z", 15.0)))
+    ears = both_sides(Ellipsoid((72.0, 10.0, -121.0), (4.5, 14.0, 25.0), rotation=rotation_matrix("z", 15.0)))
     c.paint(Union(_HEAD_DOME, _body_loft(0.0, 0.0, 0.0, False), nose, ears), "skin", ("outside",))
     c.paint(Union(_HEAD_DOME.grown(-1.5), _body_loft(1.5, 1.5, 1.5, False)), "fat", ("skin",))
     c.paint(Union(_HEAD_DOME.grown(-4.5), _body_loft(1.5, 1.5, 1.5, True)), "muscle", ("fat",))
@@ -994,7 +986,7 @@ def _paint_thoracic_inlet(c: _Canvas) -> None:
     c.bone(both_sides(clavicle), 2.0, **long_bone)
     c.bone(Ellipsoid((0.0, -80.0, -345.0), (26.0, 7.0, 22.0), 2.5, 2.5), 1.5, **long_bone)  # manubrium
     c.bone(Ellipsoid((0.0, -86.0, -395.0), (16.0, 6.0, 28.0), 2.5, 2.5), 1.5, **long_bone)  # sternal body
-    scapula = Ellipsoid((105.0, 80.0, -375.0), (36.0, 3.5, 52.0), 4.0, 3.0, rotation=_rotation("z", -23.0))
+    scapula = Ellipsoid((105.0, 80.0, -375.0), (36.0, 3.5, 52.0), 4.0, 3.0, rotation=rotation_matrix("z", -23.0))
     c.bone(both_sides(scapula), 1.2, **long_bone)
     spine_and_acromion = Tube(
         [(80.0, 92.0, -336.0), (135.0, 80.0, -328.0), (155.0, 55.0, -318.0), (165.0, 25.0, -316.0)],
@@ -1023,7 +1015,7 @@ def _lower_teeth_and_upper() -> tuple[list[Shape], list[Shape], np.ndarray]:
             x, y = np.interp(s_mid, cum, pts[:, 0]), np.interp(s_mid, cum, pts[:, 1])
             i = min(int(np.searchsorted(cum, s_mid)) - 1, len(seg) - 1)
             angle = math.degrees(math.atan2(seg[i, 1], seg[i, 0]))
-            rot = _rotation("z", angle)
+            rot = rotation_matrix("z", angle)
             sign = -1.0 if jaw is lower else 1.0  # the lower crowns point up, their roots down
             z_crown = _OCCLUSAL_Z + sign * (0.25 + crown / 2.0)
             z_root = _OCCLUSAL_Z + sign * (0.25 + crown + root / 2.0 - 3.0)
@@ -1138,7 +1130,9 @@ def _paint_cranial_contents(c: _Canvas) -> None:
         both_sides(anterior_base),
         both_sides(petrous_ridge),
         Ellipsoid((0.0, -26.0, -121.0), (15.0, 19.0, 11.0), 2.5, 2.5),  # sphenoid body under the sella
-        Ellipsoid((0.0, 0.0, -124.0), (12.0, 6.0, 26.0), rotation=_rotation("x", 28.6)),  # clivus and dorsum sellae
+        Ellipsoid(
+            (0.0, 0.0, -124.0), (12.0, 6.0, 26.0), rotation=rotation_matrix("x", 28.6)
+        ),  # clivus and dorsum sellae
     ]
     for part in skull_base:
         c.paint(part, "bone_cortical", ("csf",))
@@ -1187,7 +1181,7 @@ def _paint_cranial_contents(c: _Canvas) -> None:
             Ellipsoid((0.0, 2.0, -40.0), (1.0, 90.0, 60.0)),
             Union(Ellipsoid((0.0, 0.0, -72.0), (30.0, 50.0, 20.0)), inner.grown(-25.0)),
         ),  # interhemispheric fissure: the falx between the hemispheres' medial surfaces
-        both_sides(Ellipsoid((52.0, -14.0, -80.0), (14.0, 1.8, 9.0), rotation=_rotation("z", -40.0))),  # Sylvian
+        both_sides(Ellipsoid((52.0, -14.0, -80.0), (14.0, 1.8, 9.0), rotation=rotation_matrix("z", -40.0))),  # Sylvian
     )
     c.paint(ventricles, "ventricle", ("grey", "white", "csf"))
 

@@ -26,7 +26,7 @@ from scipy import ndimage
 from imaging.volume import Geometry
 
 
-def _rotation(axis: str, degrees: float | np.ndarray) -> np.ndarray:
+def rotation_matrix(axis: str, degrees: float | np.ndarray) -> np.ndarray:
     """Rotation matrices about a coordinate axis (LPS); broadcasts over an array of angles -> (..., 3, 3)."""
     t = np.radians(np.asarray(degrees, float))
     c, s = np.cos(t), np.sin(t)
@@ -88,9 +88,9 @@ def _head_pose(p: np.ndarray, a: AnatomyParams, anchors: AtlasAnchors) -> np.nda
     w = _smoothstep((p[..., 2] - (anchors.neck_pivot[2] - 60.0)) / 120.0)
     # forward pose = Rz(rotation) Ry(tilt) Rx(flexion) about the pivot; the pull map is its inverse
     rot = (
-        _rotation("x", -a.neck_flexion_deg * w)
-        @ _rotation("y", -a.head_tilt_deg * w)
-        @ _rotation("z", -a.head_rotation_deg * w)
+        rotation_matrix("x", -a.neck_flexion_deg * w)
+        @ rotation_matrix("y", -a.head_tilt_deg * w)
+        @ rotation_matrix("z", -a.head_rotation_deg * w)
     )
     rel = p - anchors.neck_pivot
     return anchors.neck_pivot + np.einsum("...ij,...j->...i", rot, rel)
@@ -110,7 +110,7 @@ def _jaw(p: np.ndarray, a: AnatomyParams, anchors: AtlasAnchors) -> np.ndarray:
     phi = np.degrees(np.arctan2(-dz, -dy))  # 0: anterior, 90: straight down, 180: posterior
     w = _smoothstep(phi / 35.0) * (1.0 - _smoothstep((phi - 75.0) / 45.0))
     w = w * (1.0 - _smoothstep((np.hypot(dy, dz) - 110.0) / 80.0))
-    rot = _rotation("x", -a.jaw_opening_deg * w)  # opening turns the chin down and back: undo it
+    rot = rotation_matrix("x", -a.jaw_opening_deg * w)  # opening turns the chin down and back: undo it
     return hinge + np.einsum("...ij,...j->...i", rot, p - hinge)
 
 
@@ -167,7 +167,7 @@ def _organ_sizes(p: np.ndarray, a: AnatomyParams, anchors: AtlasAnchors) -> np.n
 def _setup(p: np.ndarray, a: AnatomyParams) -> np.ndarray:
     """Scanner -> atlas frame: undo the table offset and the patient's rotation on the couch."""
     rx, ry, rz = a.setup_rotation_deg
-    rot = _rotation("z", rz) @ _rotation("y", ry) @ _rotation("x", rx)
+    rot = rotation_matrix("z", rz) @ rotation_matrix("y", ry) @ rotation_matrix("x", rx)
     return (p - np.asarray(a.table_offset_mm)) @ rot  # row vectors: (R^T (p - t))^T = (p - t)^T R
 
 

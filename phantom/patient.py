@@ -17,7 +17,14 @@ from imaging.body import body_mask
 from imaging.volume import Geometry, Volume
 
 from .atlas import AtlasPhantom
-from .deformation import AnatomyParams, AtlasAnchors, DeformationField, random_smooth_field, sample_pull_field
+from .deformation import (
+    AnatomyParams,
+    AtlasAnchors,
+    DeformationField,
+    random_smooth_field,
+    rotation_matrix,
+    sample_pull_field,
+)
 
 SIZES = ("small", "full")
 AIR_HU = -1000.0
@@ -153,10 +160,8 @@ def draw_parameters(rng: np.random.Generator, size: str) -> tuple[AnatomyParams,
 
 def _forward_setup(point: np.ndarray, anatomy: AnatomyParams) -> np.ndarray:
     """An atlas point in scanner coordinates, for the rigid part of the pose (enough to place the FOV)."""
-    from .deformation import _rotation
-
     rx, ry, rz = anatomy.setup_rotation_deg
-    rot = _rotation("z", rz) @ _rotation("y", ry) @ _rotation("x", rx)
+    rot = rotation_matrix("z", rz) @ rotation_matrix("y", ry) @ rotation_matrix("x", rx)
     return rot @ np.asarray(point, float) + np.asarray(anatomy.table_offset_mm)
 
 
