@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -225,7 +226,7 @@ def _evaluate(shape: Shape, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> n
     return out
 
 
-class Shape:
+class Shape(ABC):
     """A solid in LPS mm: ``lo``/``hi`` bound it, ``inside`` tests broadcastable coordinate arrays.
 
     ``inside`` receives x of shape (1, 1, ni), y (1, nj, 1) and z (nk, 1, 1), ascending, and returns a
@@ -235,12 +236,16 @@ class Shape:
     lo: np.ndarray
     hi: np.ndarray
 
+    @abstractmethod
     def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Which of the points are inside the solid."""
 
     def grown(self, d: float) -> Shape:
-        """The solid with its surface moved outwards by about ``d`` mm (inwards for negative ``d``)."""
-        raise NotImplementedError(type(self).__name__)
+        """The solid with its surface moved outwards by about ``d`` mm (inwards for negative ``d``).
+
+        Defined by the primitive solids; a boolean combination (e.g. a difference) has no offset of its own.
+        """
+        raise TypeError(f"{type(self).__name__} cannot be grown: grow its parts instead")
 
 
 def _frame_along(direction: Sequence[float]) -> np.ndarray:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from anatomy.catalogue import OARS
 from imaging.canonical import DEFAULT_SPEC, CanonicalFrame, CanonicalSpec, mask_to_canonical, to_canonical
 from imaging.volume import Volume
 
@@ -89,6 +88,3 @@ def build_cache(
         if progress:
             progress(n, case.case_id)
     return paths
-
-
-CATALOGUE_ORDER = [o.name for o in OARS]
