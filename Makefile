@@ -48,6 +48,7 @@ openapi: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_rtstruct.py
+	$(BIN)/python benchmarks/bench_phantom.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache
