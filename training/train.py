@@ -227,9 +227,11 @@ def train(cfg: TrainConfig, log=print) -> Path:
                 fh.flush()
                 elapsed = time.perf_counter() - start
                 value = {k: float(v.detach()) for k, v in terms.items()}
+                per_step = elapsed / max(step - first_step, 1)
+                eta = int(per_step * (cfg.steps - step))
                 log(
                     f"step {step}/{cfg.steps} loss {value['total']:.4f} mi {value['mi']:.3f} seg {value['seg']:.4f} "
-                    f"({elapsed / max(step - first_step, 1):.2f} s/step)"
+                    f"({per_step:.2f} s/step, ETA {eta // 3600}:{eta % 3600 // 60:02d} h)"
                 )
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(latest)
