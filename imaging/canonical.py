@@ -243,3 +243,66 @@ def mask_to_canonical(mask: Volume, frame: CanonicalFrame | Geometry) -> np.ndar
     soft = Volume(mask.array.astype(np.float32), mask.geometry)
     out = _resample(soft, geometry, 0.0, antialias_to_mm=min(geometry.spacing))
     return np.clip(out, 0.0, 1.0)
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    k, j, i = (n // f for n in a.shape)
+    return a[: k * f, : j * f, : i * f].reshape(k, f, j, f, i, f).mean(axis=(1, 3, 5))
+
+
+def _weighted_mi(a: np.ndarray, b: np.ndarray, w: np.ndarray, bins: int = 24) -> float:
+    if w.sum() < 50:
+        return -np.inf
+    joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins, range=[[0, 1], [0, 1]], weights=w.ravel())
+    joint /= joint.sum()
+    pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum())
+
+
+def shift_arrays(a: np.ndarray, dk: int, dj: int) -> np.ndarray:
+    """``a`` moved by (dk, dj) voxels, zero-filled: out[k, j] = a[k - dk, j - dj]."""
+    out = np.zeros_like(a)
+    nk, nj = a.shape[:2]
+    src_k = slice(max(-dk, 0), nk - max(dk, 0))
+    dst_k = slice(max(dk, 0), nk - max(-dk, 0))
+    src_j = slice(max(-dj, 0), nj - max(dj, 0))
+    dst_j = slice(max(dj, 0), nj - max(-dj, 0))
+    out[dst_k, dst_j] = a[src_k, src_j]
+    return out
+
+
+def window_shift(
+    image: np.ndarray,
+    known: np.ndarray,
+    atlas_image: np.ndarray,
+    atlas_known: np.ndarray,
+    max_shift: tuple[int, int] = (40, 16),
+    min_overlap: float = 0.7,
+) -> tuple[int, int]:
+    """The whole-voxel shift (dk, dj) of a case's canonical arrays that best matches the atlas's (MI on the voxels
+    both hold), searched coarse to fine. Moving a case's arrays by (dk, dj) is the same as moving its canonical
+    window by (-dk, -dj) voxels, so the field contract is untouched; it takes out what the window's anchoring
+    leaves (a CT truncated above the vertex starts its window lower in the body).
+    """
+
+    def best(scale: int, centre: tuple[int, int], radius: tuple[int, int], step: int) -> tuple[int, int]:
+        img, kn = _block_mean(image, scale), _block_mean(known, scale)
+        a_img, a_kn = _block_mean(atlas_image, scale), _block_mean(atlas_known, scale)
+        scored = []
+        own = float(kn.sum())
+        for dk in range(centre[0] - radius[0], centre[0] + radius[0] + 1, step):
+            for dj in range(centre[1] - radius[1], centre[1] + radius[1] + 1, step):
+                s_img = shift_arrays(img, dk // scale, dj // scale)
+                s_kn = shift_arrays(kn, dk // scale, dj // scale)
+                overlap = s_kn * a_kn
+                if overlap.sum() < min_overlap * own:  # MI over a sliver of the case says nothing
+                    continue
+                scored.append((_weighted_mi(s_img, a_img, overlap), -abs(dk) - abs(dj), dk, dj))
+        if not scored:
+            return centre
+        top = max(scored)
+        return top[2], top[3]
+
+    coarse = best(4, (0, 0), max_shift, 4)
+    return best(2, coarse, (4, 4), 2)

@@ -300,3 +300,15 @@ def test_openkbp_truncated_ct_is_flagged(shared_data_dir):
         for p in ("pt_1", "pt_100")
     ]
     assert all(f.top_cut for f in frames)  # both start inside the head (pt_1 truncated, pt_100 scanned so)
+
+
+def test_window_shift_undoes_a_known_shift_of_a_truncated_case(canonical_scans):
+    from imaging.canonical import shift_arrays, window_shift
+
+    _, _, atlas = canonical_scans["HFS"]
+    atlas_known = np.ones_like(atlas.image)
+    case = shift_arrays(atlas.image, -10, 4)  # anatomy 10 voxels higher and 4 more posterior
+    known = shift_arrays(atlas_known, -10, 4)
+    known[:25] = 0.0  # OpenKBP-style truncation of the top
+    case = case * known
+    assert window_shift(case, known, atlas.image, atlas_known) == (10, -4)

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cache import load_cached
+from imaging.canonical import shift_arrays, window_shift
+
+from .cache import CachedCase, load_cached
 
 
 @dataclass
@@ -20,6 +22,7 @@ class CaseTensors:
     masks: torch.Tensor  # [n_oars, k, j, i] float16 (zeros where absent)
     present: torch.Tensor  # [n_oars] float32 0/1
     top_cut: bool
+    window_shift: tuple[int, int] = (0, 0)  # (dk, dj) canonical voxels applied to match the atlas
 
 
 def _resize(x: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -29,32 +32,56 @@ def _resize(x: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
     return t[0]
 
 
-def load_case(path: Path, oars: list[str], shape: tuple[int, int, int]) -> CaseTensors:
+def load_case(
+    path: Path, oars: list[str], shape: tuple[int, int, int], align_to: CachedCase | None = None
+) -> CaseTensors:
+    """A cached case at the training resolution; with ``align_to``, its window is first shifted onto the atlas's
+    (``imaging.canonical.window_shift``: whole canonical voxels, so the field contract is untouched)."""
     cached = load_cached(path)
+    shift = (0, 0)
+    if align_to is not None and cached.case_id != align_to.case_id:
+        shift = window_shift(cached.image, cached.known, align_to.image, align_to.known)
+
+    def moved(a: np.ndarray) -> np.ndarray:
+        return shift_arrays(a, *shift) if shift != (0, 0) else a
+
     masks = torch.zeros(len(oars), *shape)
     present = torch.zeros(len(oars))
     for n, name in enumerate(oars):
         if name in cached.masks:
-            masks[n] = _resize(cached.masks[name], shape)[0]
+            masks[n] = _resize(moved(cached.masks[name]), shape)[0]
             present[n] = 1.0
     return CaseTensors(
         cached.case_id,
-        _resize(cached.image, shape).half(),
-        _resize(cached.known, shape).half(),
+        _resize(moved(cached.image), shape).half(),
+        _resize(moved(cached.known), shape).half(),
         masks.half(),
         present,
         cached.frame.top_cut,
+        shift,
     )
 
 
-def load_split(cache_dir: str | Path, oars: list[str], shape: tuple[int, int, int]) -> list[CaseTensors]:
-    return [load_case(p, oars, shape) for p in sorted(Path(cache_dir).glob("*.npz")) if ".tmp" not in p.name]
+def cache_paths(cache_dir: str | Path) -> list[Path]:
+    return [p for p in sorted(Path(cache_dir).glob("*.npz")) if ".tmp" not in p.name]
 
 
-def choose_atlas(cases: list[CaseTensors]) -> CaseTensors:
-    """The atlas for a cohort: among the patients with every OAR, the one whose CT holds the most anatomy
-    (largest 'known' volume: least truncated), ties to the first. Documented in the README."""
-    complete = [c for c in cases if bool(c.present.all())]
-    if not complete:
+def load_split(
+    cache_dir: str | Path, oars: list[str], shape: tuple[int, int, int], align_to: CachedCase | None = None
+) -> list[CaseTensors]:
+    return [load_case(p, oars, shape, align_to) for p in cache_paths(cache_dir)]
+
+
+def choose_atlas(cache_dir: str | Path, oars: list[str]) -> Path:
+    """The atlas of a cohort: among the patients with every OAR, the one whose CT holds the most anatomy (largest
+    'known' canonical volume: least truncated); ties to the first in name order. Documented in the README."""
+    best: tuple[float, Path] | None = None
+    for path in cache_paths(cache_dir):
+        cached = load_cached(path)
+        if all(name in cached.masks for name in oars):
+            known = float(cached.known.sum())
+            if best is None or known > best[0]:
+                best = (known, path)
+    if best is None:
         raise ValueError("no case of the cohort has every OAR: name the atlas case explicitly")
-    return max(complete, key=lambda c: float(c.known.float().sum()))
+    return best[1]

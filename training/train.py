@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import yaml
 
+from .cache import load_cached
 from .cascade import Cascade, CascadeConfig, DenseBlockConfig
 from .data import CaseTensors, choose_atlas, load_split
 from .losses import gradient_smoothness, kl_divergence, mi_loss, mmd, segmentation_mse
@@ -41,6 +42,7 @@ class TrainConfig:
         ]
     )
     atlas_case: str | None = None  # None: choose_atlas
+    align_windows: bool = False  # shift each case's window onto the atlas's first (imaging.canonical.window_shift)
     image_shape: tuple[int, int, int] = (64, 64, 64)
     model: dict = field(default_factory=dict)  # CascadeConfig fields
     lr: float = 1e-4
@@ -153,9 +155,13 @@ def train(cfg: TrainConfig, log=print) -> Path:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_cases = load_split(cfg.cache_train, cfg.oars, cfg.image_shape)
-    val_cases = load_split(cfg.cache_validation, cfg.oars, cfg.image_shape)
-    atlas = next(c for c in train_cases if c.case_id == cfg.atlas_case) if cfg.atlas_case else choose_atlas(train_cases)
+    atlas_path = (
+        Path(cfg.cache_train) / f"{cfg.atlas_case}.npz" if cfg.atlas_case else choose_atlas(cfg.cache_train, cfg.oars)
+    )
+    align_to = load_cached(atlas_path) if cfg.align_windows else None
+    train_cases = load_split(cfg.cache_train, cfg.oars, cfg.image_shape, align_to)
+    val_cases = load_split(cfg.cache_validation, cfg.oars, cfg.image_shape, align_to)
+    atlas = next(c for c in train_cases if c.case_id == atlas_path.stem)
     fixed_pool = [c for c in train_cases if c.case_id != atlas.case_id]
     log(f"atlas {atlas.case_id}; {len(fixed_pool)} training and {len(val_cases)} validation patients")
     model = build_model(cfg)
