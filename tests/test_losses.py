@@ -15,6 +15,7 @@ from training.losses import (  # noqa: E402
     mmd,
     mutual_information,
     segmentation_mse,
+    segmentation_soft_dice,
 )
 
 
@@ -76,6 +77,19 @@ def test_segmentation_loss_ignores_absent_oars():
     assert float(segmentation_mse(warped, target, present)) == 0.0
     present[1, 1] = 1.0
     assert float(segmentation_mse(warped, target, present)) == pytest.approx(1.0 / 5.0)
+
+
+def test_soft_dice_loss_is_zero_on_a_match_half_on_half_overlap_and_ignores_absent_oars():
+    target = torch.zeros(1, 2, 4, 4, 4)
+    target[0, 0, :2] = 1.0  # 32 voxels
+    warped = target.clone()
+    present = torch.tensor([[1.0, 0.0]])
+    warped[0, 1] = 1.0  # an absent OAR, wrong everywhere: not counted
+    assert float(segmentation_soft_dice(warped, target, present)) == pytest.approx(0.0, abs=1e-6)
+    shifted = torch.zeros_like(target)
+    shifted[0, 0, 1:3] = 1.0  # 16 of 32 voxels overlap: Dice (2*16+1)/(64+1)
+    expected = 1.0 - 33.0 / 65.0
+    assert float(segmentation_soft_dice(shifted, target, present)) == pytest.approx(expected)
 
 
 def test_smoothness_of_a_constant_is_zero_and_of_a_ramp_is_its_slope_squared():

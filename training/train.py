@@ -22,7 +22,9 @@ import yaml
 from .cache import load_cached
 from .cascade import Cascade, CascadeConfig, DenseBlockConfig
 from .data import CaseTensors, choose_atlas, load_split
-from .losses import gradient_smoothness, kl_divergence, mi_loss, mmd, segmentation_mse
+from .losses import gradient_smoothness, kl_divergence, mi_loss, mmd, segmentation_mse, segmentation_soft_dice
+
+SEG_LOSSES = {"mse": segmentation_mse, "dice": segmentation_soft_dice}
 
 
 @dataclass
@@ -50,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     weight_mi: float = 1.0
     weight_seg: float = 100.0
+    seg_loss: str = "mse"  # "mse": the paper's Eq. 20; "dice": soft Dice (segmentation_soft_dice, CPU recipe)
     weight_kl: float = 0.05
     weight_smooth: float = 0.0
     weight_mmd: float = 0.0
@@ -59,6 +62,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     threads: int = 2
     run_dir: str = "runs"
+    init_from: str | None = None  # a checkpoint whose weights start a new run (warm start; not a resume)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -125,7 +129,7 @@ def loss_terms(model: Cascade, cfg: TrainConfig, fixed: CaseTensors, atlas: Case
         mi = mi + mi_loss(f_img, warped, weight, samples=cfg.mi_samples, generator=gen)
     terms["mi"] = mi
     warped_masks = model.warp(atlas.masks.float()[None], out.field)
-    terms["seg"] = segmentation_mse(warped_masks, fixed.masks.float()[None], fixed.present[None])
+    terms["seg"] = SEG_LOSSES[cfg.seg_loss](warped_masks, fixed.masks.float()[None], fixed.present[None])
     if cfg.weight_kl:
         terms["kl"] = sum(
             kl_divergence(mu, lv, cfg.prior_lambda)
@@ -177,6 +181,9 @@ def train(cfg: TrainConfig, log=print) -> Path:
         torch.set_rng_state(ckpt["torch_rng"])
         random.setstate(ckpt["python_rng"])
         log(f"resumed at step {state['step']} (best validation Dice {state['best']:.3f})")
+    elif cfg.init_from:
+        model.load_state_dict(torch.load(cfg.init_from, weights_only=False)["model"])
+        log(f"weights from {cfg.init_from}")
 
     def save(path: Path) -> None:
         tmp = path.with_suffix(".tmp")
