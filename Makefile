@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.oarmorph-installed
 EXTRAS ?= service,train,dev
+BENCH_MODEL ?= models/openkbp_proposed_cpu
 
-.PHONY: demo test lint format tools openapi bench clean
+.PHONY: demo test lint format tools openapi bench bench-service clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,13 @@ $(STAMP): pyproject.toml
 # Independent DICOM tools the tests cross-check our files with (Debian packages dicom3tools, plastimatch).
 # Installed when we are root on a Debian-like machine; otherwise their tests skip and say why.
 tools:
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing redis-server (Debian package) for the service tests and make demo"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+	      || echo "note: could not install redis-server; the service tests need a Redis at 127.0.0.1:6379"; \
+	  else echo "note: redis-server absent (apt-get install redis-server); the service tests need a Redis"; fi; \
+	fi
 	@if ! command -v dciodvfy >/dev/null || ! command -v plastimatch >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing dicom3tools and plastimatch (Debian packages) for the DICOM cross-checks"; \
@@ -40,8 +48,10 @@ format: $(STAMP)
 test: $(STAMP) tools lint
 	$(BIN)/pytest -q
 
-demo: $(STAMP)
-	$(BIN)/oarmorph demo --out out/demo
+# The service end to end without Docker: Redis (configured, reachable or started), a worker and the API; a
+# full-size phantom patient (or CT=path/to/series) posted over HTTP; out/demo/rtstruct.dcm and qa_sheet.png.
+demo: $(STAMP) tools
+	$(BIN)/oarmorph service-demo --out out/demo $(if $(CT),--ct $(CT))
 
 openapi: $(STAMP)
 	$(BIN)/oarmorph openapi -o openapi.yaml
@@ -49,6 +59,11 @@ openapi: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_rtstruct.py
 	$(BIN)/python benchmarks/bench_phantom.py
+	$(BIN)/python benchmarks/bench_runtime.py $(BENCH_MODEL) --threads 2 --skip-missing
+
+# The service under load (minutes): latency per stage for a 512x512x200 CT, 50 concurrent submissions, polling p99.
+bench-service: $(STAMP) tools
+	$(BIN)/python benchmarks/bench_service.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -72,6 +72,8 @@ def write_bundle(
         raise ValueError(f"not catalogue names: {unknown}")
     out = Path(out_dir)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "masks").glob("*.nii.gz"):  # a rebuild must not hash the masks of an earlier build
+        stale.unlink()
     write_volume(ct.with_array(ct.array.astype(np.int16)), out / "ct.nii.gz")
     cropped: dict[str, tuple[np.ndarray, Geometry]] = {}
     order = [n for n in BY_NAME if n in masks]

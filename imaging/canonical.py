@@ -35,7 +35,7 @@ the canonical space; ``imaging.warp`` implements its way back to the patient.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -270,6 +270,28 @@ def shift_arrays(a: np.ndarray, dk: int, dj: int) -> np.ndarray:
     dst_j = slice(max(dj, 0), nj - max(-dj, 0))
     out[dst_k, dst_j] = a[src_k, src_j]
     return out
+
+
+def shift_frame(frame: CanonicalFrame, dk: int, dj: int) -> CanonicalFrame:
+    """The frame whose canonical image is ``shift_arrays(image, dk, dj)``: the window moved by (-dk, -dj) voxels.
+
+    Where ``shift_arrays`` fills the uncovered rows with zeros, ``to_canonical`` on this frame samples the CT
+    there, so the inference path loses nothing; and the field's way back uses this frame, so the contract holds.
+    """
+    g = frame.geometry
+    geometry = replace(g, origin=tuple(g.index_to_physical(np.array([0.0, -float(dj), -float(dk)]))))
+    z = [float(geometry.index_to_physical(np.array([0.0, 0.0, float(k)]))[2]) for k in (0, g.shape[0] - 1)]
+    return replace(frame, geometry=geometry, window_z_range_mm=(min(z), max(z)))
+
+
+def known_mask(ct: Volume, canonical: CanonicalImage, missing_hu: float = -1024.0) -> np.ndarray:
+    """Canonical voxels the CT really holds (float32 in [0, 1]): scanned and not blanked to exactly ``missing_hu``.
+
+    OpenKBP blanks everything outside a region around the treatment to -1024 HU; that is no air, so window
+    matching (``window_shift``) and the similarity loss count only these voxels.
+    """
+    kept = Volume((ct.array != missing_hu).astype(np.uint8), ct.geometry)
+    return (mask_to_canonical(kept, canonical.frame) * canonical.fov_mask).astype(np.float32)
 
 
 def window_shift(

@@ -25,7 +25,7 @@ import re
 import warnings
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import (
@@ -176,6 +177,75 @@ def read_ct_series(source: DicomSource, series_uid: str | None = None, *, fill_g
     return volume
 
 
+@dataclass(frozen=True)
+class SeriesInspection:
+    """What ``inspect_ct_series`` found: the series ``read_ct_series`` would read, known from its headers alone."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    frame_of_reference_uid: str
+    sop_instance_uids: tuple[str, ...]  # in slice order ("" for slices ``fill_gaps`` would interpolate)
+    shape: tuple[int, int, int]  # (slices, rows, columns) of the volume read_ct_series would return
+    spacing: tuple[float, float, float]  # (i, j, k) mm
+    transfer_syntaxes: tuple[str, ...]
+    ignored_files: dict
+    warnings: tuple[str, ...]
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def inspect_ct_series(
+    source: DicomSource,
+    series_uid: str | None = None,
+    *,
+    fill_gaps: bool = False,
+    limits: Callable[[SeriesInspection], None] | None = None,
+) -> SeriesInspection:
+    """Every check ``read_ct_series`` makes, on the headers only: the same typed errors, no pixel decoded.
+
+    One series, CT Image Storage, one orientation, matrix and pixel spacing, regular slices, no gantry tilt, a
+    decoder for every slice's transfer syntax, and (for uncompressed slices) pixel data as long as the matrix
+    needs. Files on disk are read with their pixel data left there (a cheap check before queueing a job); what
+    this accepts, ``read_ct_series`` reads unless a compressed slice turns out damaged when decoded.
+    ``limits(inspection)``, when given, is called once the grid is known and before any pixel data is looked at
+    (a caller's size limits: a matrix declared enormous is refused as such, not as a truncated file).
+    """
+    with _pydicom_messages_withheld():
+        scan = _scan(source)
+        chosen = _choose_series(scan, series_uid)
+        files, repeated_instances = _drop_repeated_instances(chosen)
+        layout = _series_layout(files, fill_gaps)
+        found = _inspection(scan, files, repeated_instances, layout)
+        if limits is not None:
+            limits(found)
+        for header in layout.headers:
+            _check_pixel_data(header)
+    return found
+
+
+def _inspection(scan: _Scan, files: list[_CtFile], repeated_instances: int, layout: _SeriesLayout) -> SeriesInspection:
+    ignored = scan.ignored_counts()
+    ignored["other_ct_series"] = sum(len(f) for uid, f in scan.ct_series.items() if uid != files[0].series_uid)
+    ignored["repeated_instances"] = repeated_instances
+    first = layout.headers[0]
+    uids = [""] * layout.slices
+    for k, header in zip(layout.grid_index, layout.headers, strict=True):
+        uids[k] = header.file.sop_instance_uid
+    return SeriesInspection(
+        series_instance_uid=first.file.series_uid,
+        study_instance_uid=str(first.file.dataset.get("StudyInstanceUID", "") or ""),
+        frame_of_reference_uid=str(first.file.dataset.get("FrameOfReferenceUID", "") or ""),
+        sop_instance_uids=tuple(uids),
+        shape=(layout.slices, first.rows, first.columns),
+        spacing=(float(layout.pixel_spacing[1]), float(layout.pixel_spacing[0]), layout.slice_spacing),
+        transfer_syntaxes=tuple(sorted({str(h.file.transfer_syntax) for h in layout.headers})),
+        ignored_files=ignored,
+        warnings=tuple(layout.warnings),
+    )
+
+
 # --- finding the files -----------------------------------------------------------------------------
 
 
@@ -193,6 +263,7 @@ class _RawInput:
 class _CtFile:
     label: str
     dataset: Dataset
+    path: Path | None = None  # on disk: pixel data larger than _DEFER_LARGE_ELEMENTS is still there
 
     @property
     def series_uid(self) -> str:
@@ -237,7 +308,7 @@ def _scan(source: DicomSource) -> _Scan:
         if len(image_type) > 2 and image_type[2] == "LOCALIZER":
             scan.localizers += 1  # scout views are projections, never slices of the volume
             continue
-        ct_file = _CtFile(raw.label, dataset)
+        ct_file = _CtFile(raw.label, dataset, raw.path)
         scan.ct_series.setdefault(ct_file.series_uid, []).append(ct_file)
     return scan
 
@@ -407,7 +478,27 @@ class _SliceHeader:
     columns: int
 
 
-def _assemble_volume(files: list[_CtFile], fill_gaps: bool = False) -> Volume:
+@dataclass
+class _SeriesLayout:
+    """The grid of a series from its headers: slices in order, where each sits on the grid, spacing, axes."""
+
+    headers: list[_SliceHeader]
+    positions: np.ndarray  # along the slice normal, sorted
+    grid_index: np.ndarray  # each header's slice index on the regular grid (gaps when fill_gaps)
+    slice_spacing: float
+    row: np.ndarray
+    col: np.ndarray
+    normal: np.ndarray
+    pixel_spacing: np.ndarray
+    warnings: list[str]
+
+    @property
+    def slices(self) -> int:
+        return int(self.grid_index[-1]) + 1
+
+
+def _series_layout(files: list[_CtFile], fill_gaps: bool = False) -> _SeriesLayout:
+    """Every geometric check of a series, on its headers (shared by reading and inspection)."""
     headers = [_slice_header(f) for f in files]
     _check_same_matrix(headers)
     row, col, normal = _common_orientation(headers)
@@ -435,6 +526,24 @@ def _assemble_volume(files: list[_CtFile], fill_gaps: bool = False) -> Volume:
             )
     else:
         slice_spacing = _single_slice_thickness(headers[0].file)
+    return _SeriesLayout(headers, positions, grid_index, slice_spacing, row, col, normal, pixel_spacing, warnings)
+
+
+def _assemble_volume(files: list[_CtFile], fill_gaps: bool = False) -> Volume:
+    layout = _series_layout(files, fill_gaps)
+    headers, positions, grid_index, slice_spacing = (
+        layout.headers,
+        layout.positions,
+        layout.grid_index,
+        layout.slice_spacing,
+    )
+    row, col, normal, pixel_spacing, warnings = (
+        layout.row,
+        layout.col,
+        layout.normal,
+        layout.pixel_spacing,
+        layout.warnings,
+    )
 
     hu = np.empty((int(grid_index[-1]) + 1, headers[0].rows, headers[0].columns), dtype=np.float32)
     for k, header in zip(grid_index, headers, strict=True):
@@ -693,10 +802,16 @@ def _slice_hu(header: _SliceHeader) -> np.ndarray:
     return hu.astype(np.float32)
 
 
-def _decode_pixels(f: _CtFile) -> np.ndarray:
+def _syntax_details(f: _CtFile) -> tuple[str, dict]:
     syntax = f.transfer_syntax
     named = f"transfer syntax {syntax.name}, {syntax}" if syntax.name != str(syntax) else f"transfer syntax {syntax}"
-    details = {"file": f.label, "transfer_syntax": str(syntax)}
+    return named, {"file": f.label, "transfer_syntax": str(syntax)}
+
+
+def _pixel_decoder(f: _CtFile):
+    """The decoder of the slice's transfer syntax, or ``UndecodablePixelDataError`` saying what to install."""
+    syntax = f.transfer_syntax
+    named, details = _syntax_details(f)
     if "PixelData" not in f.dataset:
         raise UndecodablePixelDataError(f"{f.label} has no pixel data", **details)
     try:
@@ -714,6 +829,36 @@ def _decode_pixels(f: _CtFile) -> np.ndarray:
             install=hint,
             **details,
         )
+    return decoder
+
+
+def _check_pixel_data(header: _SliceHeader) -> None:
+    """Without decoding: a decoder is there, and uncompressed pixel data is as long as the matrix needs."""
+    f = header.file
+    _pixel_decoder(f)
+    if f.transfer_syntax.is_compressed:
+        return  # only decoding tells whether an encapsulated frame is whole
+    named, details = _syntax_details(f)
+    bits = _optional_int(f.dataset, "BitsAllocated") or 16
+    expected = header.rows * header.columns * max(bits // 8, 1)
+    element = f.dataset.get_item("PixelData")
+    if isinstance(element, RawDataElement) and element.value is None and f.path is not None:  # deferred: on disk
+        available = min(int(element.length), max(os.path.getsize(f.path) - int(element.value_tell), 0))
+    else:
+        value = f.dataset.PixelData
+        available = len(value) if value is not None else 0
+    if available < expected:
+        raise UndecodablePixelDataError(
+            f"{f.label} ({named}) holds {available} bytes of pixel data where its {header.rows}x{header.columns} "
+            f"matrix needs {expected}: the file is truncated or damaged",
+            **details,
+        )
+
+
+def _decode_pixels(f: _CtFile) -> np.ndarray:
+    syntax = f.transfer_syntax
+    named, details = _syntax_details(f)
+    _pixel_decoder(f)
     try:
         return pixel_array(f.dataset)
     except Exception as exc:  # decoder plugins raise assorted types on damaged data

@@ -15,3 +15,16 @@ def shared_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} is absent (set OARMORPH_SHARED_DATA to use another)")
     return path
+
+
+# The service tests' real Redis, worker processes, tiny model and phantom patient (tests/service_support.py).
+from service_support import (  # noqa: E402, F401
+    api_keys,
+    phantom_case,
+    redis_url,
+    service_client,
+    service_settings,
+    service_store,
+    service_worker,
+    tiny_model_dir,
+)

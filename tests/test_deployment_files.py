@@ -40,6 +40,30 @@ def test_image_installs_no_torch_and_no_training_code():
     assert "find_spec('torch')" in dockerfile  # the build fails if torch slipped in through a dependency
     install = next(line for line in dockerfile.splitlines() if line.startswith("RUN pip install"))
     assert "train" not in install
-    copied = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    copied = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ") and "--from=" not in line]
     for path in copied:
         assert (ROOT / path).exists(), path
+    for package in ("service", "pipeline", "model_export", "imaging", "anatomy"):  # what the service imports
+        assert package in copied, package
+
+
+def test_image_is_multi_stage_non_root_with_a_healthcheck_on_a_cuda_13_base():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = [line for line in dockerfile.splitlines() if line.startswith("FROM ")]
+    assert len(stages) >= 2 and "COPY --from=build /opt/venv /opt/venv" in dockerfile
+    assert "nvidia/cuda:13." in dockerfile and "onnxruntime-gpu==1.31" in dockerfile
+    assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
+
+
+def test_compose_runs_a_gpu_worker_beside_the_api_and_redis_persists():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    worker = services["worker"]
+    assert worker["command"][:3] == ["celery", "-A", "service.worker"] and "--concurrency" in worker["command"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    for name in ("api", "worker"):
+        volumes = services[name]["volumes"]
+        assert any(v.startswith("jobs-data:") for v in volumes), name  # stored studies and results, shared
+        assert services[name]["environment"]["OARMORPH_REDIS_URL"].startswith("redis://redis:")

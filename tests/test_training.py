@@ -1,66 +1,67 @@
-"""A few training steps on CPU at 32^3 reduce the loss; an interrupted run resumes where it stopped."""
+"""A few training steps on CPU at 32^3 reduce the loss; an interrupted run resumes where it stopped, exactly, also
+from a checkpoint of the first layout; TensorBoard events, the progress bar, batches and the precision helpers."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import io
+import shutil
+import warnings
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from imaging.canonical import CanonicalFrame  # noqa: E402
-from imaging.volume import Geometry  # noqa: E402
-from training.cache import CachedCase, save_cached  # noqa: E402
-from training.train import TrainConfig, train  # noqa: E402
+from tiny_cohort import make_caches, tiny_config_dict  # noqa: E402
 
-SHAPE = (32, 32, 32)
+from training.data import load_split  # noqa: E402
+from training.train import (  # noqa: E402
+    TrainConfig,
+    autocast_context,
+    build_model,
+    loss_terms,
+    progress_mode,
+    rank_seed,
+    resolve_device,
+    train,
+    uses_bf16,
+)
+
+# the keys of a checkpoint written before TensorBoard, DDP and devices (runs of that code must still resume)
+FIRST_LAYOUT = {"model", "optimizer", "state", "generator", "torch_rng", "python_rng", "config", "atlas_case"}
 
 
-def _case(case_id: str, shift: tuple[int, int, int]) -> CachedCase:
-    k, j, i = np.indices(SHAPE)
-    c = np.array([16, 16, 16]) + np.array(shift)
-    body = ((k - c[0]) ** 2 / 100 + (j - c[1]) ** 2 / 64 + (i - c[2]) ** 2 / 81) <= 1
-    organ = ((k - c[0] - 3) ** 2 + (j - c[1]) ** 2 + (i - c[2] - 3) ** 2) <= 9
-    image = np.where(body, 0.5, 0.0) + np.where(organ, 0.3, 0.0)
-    frame = CanonicalFrame(Geometry(SHAPE, (2.5, 2.5, 2.7), (0.0, 0.0, 0.0)), 0.0, False, (-300.0, 0.0), (-300.0, 0.0))
-    return CachedCase(
-        case_id, image.astype(np.float32), np.ones(SHAPE, np.float32), {"Parotid_L": organ.astype(np.float32)}, frame
-    )
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread, as the tiny configuration trains with: on a busy 2-core machine two threads per
+    process made a 32^3 step 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture()
 def caches(tmp_path):
-    for split, shifts in {"train": [(0, 0, 0), (2, -2, 1), (-2, 1, 2), (1, 2, -2)], "validation": [(1, -1, 1)]}.items():
-        (tmp_path / split).mkdir()
-        for n, s in enumerate(shifts):
-            save_cached(_case(f"{split}{n}", s), tmp_path / split / f"{split}{n}.npz")
-    return tmp_path
+    return make_caches(tmp_path)
 
 
-def _config(caches, steps: int) -> TrainConfig:
-    return TrainConfig(
-        name="t",
-        cache_train=str(caches / "train"),
-        cache_validation=str(caches / "validation"),
-        oars=["Parotid_L"],
-        atlas_case="train0",
-        image_shape=SHAPE,
-        model={"net_shape": [16, 16, 16], "affine_widths": [8, 8, 8]},
-        lr=2e-3,
-        steps=steps,
-        mi_samples=None,
-        validate_every=1000,
-        checkpoint_every=10,
-        threads=1,
-        run_dir=str(caches / "runs"),
-    )
+def _config(caches, steps: int, **overrides) -> TrainConfig:
+    data = tiny_config_dict(caches, steps, **overrides)
+    data["image_shape"] = tuple(data["image_shape"])
+    return TrainConfig(**data)
+
+
+def _rows(run) -> list[dict]:
+    with (run / "log.csv").open() as fh:
+        return list(csv.DictReader(fh))
 
 
 def _losses(run) -> list[float]:
-    with (run / "log.csv").open() as fh:
-        return [float(r["total"]) for r in csv.DictReader(fh)]
+    return [float(r["total"]) for r in _rows(run)]
 
 
 def test_a_few_steps_reduce_the_loss(caches):
@@ -81,3 +82,124 @@ def test_training_resumes_from_its_checkpoint(caches):
     assert any("resumed at step 10" in m for m in messages)
     assert len(_losses(run)) == 20
     assert torch.load(run / "latest.pt", weights_only=False)["state"]["step"] == 20
+
+
+def test_a_resumed_run_repeats_an_uninterrupted_one_also_from_the_first_checkpoint_layout(caches):
+    quiet = lambda *_: None  # noqa: E731
+    straight = train(_config(caches, 12, name="straight"), log=quiet)
+    run = train(_config(caches, 7, name="resumed"), log=quiet)
+    old = run.parent / "first_layout"
+    shutil.copytree(run, old)
+    ckpt = torch.load(old / "latest.pt", weights_only=False)
+    assert FIRST_LAYOUT <= set(ckpt)
+    torch.save({k: ckpt[k] for k in FIRST_LAYOUT}, old / "latest.pt")  # what the earlier code wrote
+    messages = []
+    train(_config(caches, 12, name="resumed"), log=quiet)
+    train(_config(caches, 12, name="first_layout"), log=messages.append)
+    assert any("resumed at step 7" in m for m in messages)
+    assert _losses(run) == _losses(straight) == _losses(old)  # same seeds, same random state restored
+
+
+def test_tensorboard_holds_the_losses_and_validation_dice_and_plain_logs_carry_the_eta(caches):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    messages = []
+    run = train(_config(caches, 10, validate_every=5), log=messages.append)
+    assert any(m.startswith("step 10/10 loss") and "ETA" in m for m in messages)
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/total", "loss/mi", "loss/seg", "loss/kl"} <= tags
+    assert {"val/dice_mean", "val/dice/Parotid_L", "val/affine_dice_mean", "val/affine_dice/Parotid_L"} <= tags
+    total = events.Scalars("loss/total")
+    assert [e.step for e in total] == list(range(1, 11))
+    assert [e.value for e in total] == pytest.approx(_losses(run), abs=1e-4)
+    dice = {e.step: e.value for e in events.Scalars("val/dice_mean")}
+    rows = {int(r["step"]): r for r in _rows(run)}
+    assert sorted(dice) == [5, 10]
+    assert dice[10] == pytest.approx(float(rows[10]["val_dice"]), abs=1e-4)
+
+
+def test_a_terminal_gets_a_progress_bar_and_a_log_file_plain_lines(caches, capsys):
+    class Tty:
+        def isatty(self):
+            return True
+
+    assert progress_mode("auto", Tty()) == "bar"
+    assert progress_mode("auto", io.StringIO()) == "log"  # a log file, a pipe
+    assert progress_mode("log", Tty()) == "log"
+    with pytest.raises(ValueError):
+        progress_mode("fancy")
+    messages = []
+    run = train(_config(caches, 3, progress="bar", tensorboard=False), log=messages.append)
+    out = capsys.readouterr().out
+    assert "3/3" in out and "loss=" in out  # tqdm's bar with the loss as postfix (its ETA too)
+    assert any("validation Dice" in m for m in messages)  # still logged, above the bar
+    assert len(_losses(run)) == 3
+    assert not (run / "tb").exists()
+
+
+def test_a_batch_of_patients_is_the_mean_of_its_patients(caches):
+    cfg = _config(
+        caches,
+        2,
+        batch_size=2,
+        weight_kl=0.0,
+        model={**tiny_config_dict(caches, 1)["model"], "dense_blocks": [{"probabilistic": False}]},
+    )
+    cases = load_split(cfg.cache_train, cfg.oars, cfg.image_shape)
+    atlas, a, b = cases[0], cases[1], cases[2]
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    gen = torch.Generator().manual_seed(0)
+    both = loss_terms(model, cfg, [a, b], atlas, gen)
+    one, two = loss_terms(model, cfg, a, atlas, gen), loss_terms(model, cfg, [b], atlas, gen)
+    for key in ("mi", "seg", "total"):
+        assert float(both[key].detach()) == pytest.approx(
+            (float(one[key].detach()) + float(two[key].detach())) / 2, rel=1e-5
+        )
+    seen = []
+    train(cfg, log=lambda *_: None, on_step=lambda info: seen.append(info["cases"]))
+    assert [len(c) for c in seen] == [2, 2]
+
+
+def test_bf16_autocast_is_for_cuda_only_and_a_cpu_config_resolves_to_none():
+    cfg = TrainConfig()
+    assert cfg.device == "auto" and cfg.bf16 is True and cfg.batch_size == 1
+    cpu = resolve_device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert not uses_bf16(cpu, cfg.bf16)
+    assert isinstance(autocast_context(cpu, True), contextlib.nullcontext)
+    cuda = torch.device("cuda", 0)
+    assert uses_bf16(cuda, True) and not uses_bf16(cuda, False)
+    assert isinstance(autocast_context(cuda, False), contextlib.nullcontext)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available": torch disables the context it builds
+        ctx = autocast_context(cuda, True)
+    assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
+
+
+def test_under_autocast_the_networks_run_in_bf16_and_the_geometry_stays_fp32(caches):
+    cfg = _config(caches, 1)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    dtypes = {}
+    model.affine_net.register_forward_hook(lambda m, i, o: dtypes.update(affine=o.dtype))
+    model.dense_nets[0].register_forward_hook(lambda m, i, o: dtypes.update(dense=o[0].dtype))
+    x = torch.rand(1, 1, *cfg.image_shape)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the CPU stands in for CUDA's autocast here
+        out = model(x, x.flip(2), sample=True)
+    assert dtypes == {"affine": torch.bfloat16, "dense": torch.bfloat16}
+    assert all(f.dtype == torch.float32 for f in [out.field, out.affine_field, *out.stage_fields])
+    assert all(t.dtype == torch.float32 for t in [*out.means, *out.velocities, out.affine_params])
+
+
+def test_each_rank_has_its_own_fixed_seed():
+    assert rank_seed(7, 0) == 7  # a one-process run is unchanged
+    seeds = [rank_seed(7, r) for r in range(8)]
+    assert len(set(seeds)) == 8 and seeds == [rank_seed(7, r) for r in range(8)]

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from imaging.canonical import DEFAULT_SPEC, CanonicalFrame, CanonicalSpec, mask_to_canonical, to_canonical
+from imaging.canonical import (
+    DEFAULT_SPEC,
+    CanonicalFrame,
+    CanonicalSpec,
+    known_mask,
+    mask_to_canonical,
+    to_canonical,
+)
 from imaging.volume import Volume
 
 from .cohort import CohortCase
@@ -37,13 +44,14 @@ class CachedCase:
 def preprocess_case(case: CohortCase, spec: CanonicalSpec = DEFAULT_SPEC) -> CachedCase:
     ct = case.read_ct()
     can = to_canonical(ct, spec)
-    kept = Volume((ct.array != MISSING_HU).astype(np.uint8), ct.geometry)
-    known = mask_to_canonical(kept, can.frame) * can.fov_mask
+    known = known_mask(ct, can, MISSING_HU)  # the same "known" the inference path matches windows on
     masks = {name: mask_to_canonical(Volume(m, ct.geometry), can.frame) for name, m in case.read_masks(ct).items()}
     return CachedCase(case.case_id, can.image, known.astype(np.float32), masks, can.frame)
 
 
-def save_cached(case: CachedCase, path: Path) -> None:
+def save_cached(case: CachedCase, path: Path, extra_meta: dict | None = None) -> None:
+    """Write a case; ``extra_meta`` adds keys to the stored meta (e.g. ``pseudo_labels``), which ``load_cached``
+    does not read."""
     arrays = {
         "image": case.image.astype(np.float16),
         "known": np.rint(case.known * 255).astype(np.uint8),
@@ -54,6 +62,7 @@ def save_cached(case: CachedCase, path: Path) -> None:
         "frame": case.frame.to_dict(),
         "oars": sorted(case.masks),
         "version": CACHE_VERSION,
+        **(extra_meta or {}),
     }
     np.savez_compressed(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
 

@@ -11,6 +11,7 @@ canonical 128^3 images and returns one composed pull field on them (``imaging.ca
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,14 @@ from torch import nn
 
 from .layers import AffineToField, GaussianSmoothing, SpatialTransformer, VecInt, compose, identity_grid, resize_field
 from .networks import AffineLocalization, VelocityUNet
+
+
+def _fp32(x: torch.Tensor):
+    """Geometry (affine fields, warps, integration, composition) stays fp32 under a caller's autocast: only the
+    networks run in bf16 on a GPU. A no-op when no autocast is on (CPU training, inference, export)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -76,7 +85,7 @@ class Cascade(nn.Module):
         return F.interpolate(x, size=self.config.net_shape, mode="trilinear", align_corners=True)
 
     def _affine_params(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        raw = self.affine_net(torch.cat([fixed, moving], dim=1))
+        raw = self.affine_net(torch.cat([fixed, moving], dim=1)).float()  # fp32 also under autocast
         scale = torch.ones(12, device=raw.device, dtype=raw.dtype)
         scale[9:] = self.config.affine_translation_scale
         return raw * scale
@@ -91,35 +100,41 @@ class Cascade(nn.Module):
         cfg = self.config
         fixed_n, moving_n = self._to_net(fixed), self._to_net(moving)
         params = self._affine_params(fixed_n, moving_n)
-        w = params[:, :9].view(-1, 3, 3)
-        # the affine in net voxels: translations scale with the grid, the linear part does not
-        ratio = torch.tensor(
-            [(n - 1) / (m - 1) for n, m in zip(cfg.net_shape, cfg.image_shape, strict=True)],
-            device=params.device,
-            dtype=params.dtype,
-        )
-        params_net = torch.cat([params[:, :9], params[:, 9:] * ratio], dim=1)
-        affine_net_field = self.to_field_net(params_net)
-        dense = torch.zeros_like(affine_net_field)
+        with _fp32(params):
+            w = params[:, :9].view(-1, 3, 3)
+            # the affine in net voxels: translations scale with the grid, the linear part does not
+            ratio = torch.tensor(
+                [(n - 1) / (m - 1) for n, m in zip(cfg.net_shape, cfg.image_shape, strict=True)],
+                device=params.device,
+                dtype=params.dtype,
+            )
+            params_net = torch.cat([params[:, :9], params[:, 9:] * ratio], dim=1)
+            affine_net_field = self.to_field_net(params_net)
+            dense = torch.zeros_like(affine_net_field)
         out = CascadeOutput(
             field=affine_net_field, affine_field=affine_net_field, stage_fields=[], affine_params=params
         )
         stage_net_fields = [affine_net_field]
         for net in self.dense_nets:
-            current = self._with_affine(dense, affine_net_field, w)
-            moved = self.warp_net(moving_n, current)
+            with _fp32(params):
+                current = self._with_affine(dense, affine_net_field, w)
+                moved = self.warp_net(moving_n, current)
             mean, log_var = net(torch.cat([fixed_n, moved], dim=1))
-            velocity = mean
-            if sample and log_var is not None:
-                velocity = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
-            velocity = self.smooth(velocity)
-            phi = self.integrate(velocity)
-            dense = compose(dense, phi, self.compose_net)  # phi first, then what came before it
+            mean = mean.float()
+            log_var = None if log_var is None else log_var.float()
+            with _fp32(params):
+                velocity = mean
+                if sample and log_var is not None:
+                    velocity = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+                velocity = self.smooth(velocity)
+                phi = self.integrate(velocity)
+                dense = compose(dense, phi, self.compose_net)  # phi first, then what came before it
+                stage_net_fields.append(self._with_affine(dense, affine_net_field, w))
             out.means.append(mean)
             out.log_vars.append(log_var)
             out.velocities.append(velocity)
-            stage_net_fields.append(self._with_affine(dense, affine_net_field, w))
-        out.stage_fields = [self._to_image(f) for f in stage_net_fields]
+        with _fp32(params):
+            out.stage_fields = [self._to_image(f) for f in stage_net_fields]
         out.field = out.stage_fields[-1]
         out.affine_field = out.stage_fields[0]
         return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,16 @@ class CaseTensors:
     present: torch.Tensor  # [n_oars] float32 0/1
     top_cut: bool
     window_shift: tuple[int, int] = (0, 0)  # (dk, dj) canonical voxels applied to match the atlas
+
+    def to(self, device: torch.device | str) -> CaseTensors:
+        """The same case with its tensors on ``device`` (moved once, when training starts)."""
+        return replace(
+            self,
+            image=self.image.to(device),
+            known=self.known.to(device),
+            masks=self.masks.to(device),
+            present=self.present.to(device),
+        )
 
 
 def _resize(x: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:

@@ -118,3 +118,33 @@ def resize_field(field: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tens
         [(n - 1) / (o - 1) for n, o in zip(shape, old, strict=True)], dtype=field.dtype, device=field.device
     ).view(1, 3, 1, 1, 1)
     return F.interpolate(field, size=shape, mode="trilinear", align_corners=True) * factors
+
+
+def _pad_linear(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """One more voxel at each end of ``dim``, linearly extrapolated (exact for an affine field)."""
+    n = x.shape[dim]
+    first = 2 * x.narrow(dim, 0, 1) - x.narrow(dim, 1, 1)
+    last = 2 * x.narrow(dim, n - 1, 1) - x.narrow(dim, n - 2, 1)
+    return torch.cat([first, x, last], dim=dim)
+
+
+def upsample_area_field(field: torch.Tensor, factors: tuple[int, int, int]) -> torch.Tensor:
+    """A field computed on an image reduced by block averaging (``mode="area"``), on the original grid.
+
+    Block averaging by an integer factor f puts coarse voxel c at fine index f * c + (f - 1) / 2 (2c + 0.5 for
+    128 -> 64), so the fine field is u_f(x) = f * u_c((x - (f - 1) / 2) / f): trilinear interpolation with
+    half-pixel centres, displacements times f, and linear extrapolation over the half coarse voxel beyond the
+    outermost centres (exact for an affine field). ``resize_field``'s corner-to-corner convention is right
+    between the cascade's own grids (their images are resized the same way) but not here: it would scale every
+    displacement by (n_f - 1)/(n_c - 1) (127/63, 0.8 % too much) and read the field up to half a fine voxel off.
+    """
+    padded = field
+    for dim in (2, 3, 4):
+        padded = _pad_linear(padded, dim)
+    size = tuple(int(n * f) for n, f in zip(padded.shape[2:], factors, strict=True))
+    fine = F.interpolate(padded, size=size, mode="trilinear", align_corners=False)
+    n_k, n_j, n_i = (int(n * f) for n, f in zip(field.shape[2:], factors, strict=True))
+    fk, fj, fi = factors
+    fine = fine[:, :, fk : fk + n_k, fj : fj + n_j, fi : fi + n_i]
+    scale = torch.tensor([float(f) for f in factors], dtype=field.dtype, device=field.device).view(1, 3, 1, 1, 1)
+    return fine * scale

@@ -1,23 +1,35 @@
 """``oarmorph train CONFIG``: train a cascade on a cached cohort, resumable, with validation Dice and logs.
 
-Each step registers the atlas (moving) to one training patient (fixed), with the paper's loss (Eq. 5):
+Each step registers the atlas (moving) to ``batch_size`` training patients (fixed), with the paper's loss (Eq. 5):
 MI after the affine block and after each dense block, 100 x MSE between the warped atlas OARs and the OARs the
 patient has (Eq. 20), and 0.05 x the KL term of each dense block (Eq. 21) (or the smoothness / MMD terms of the
-baselines). Checkpoints (latest, best) and a CSV log go to the run folder; an interrupted run resumes there.
+baselines). Checkpoints (latest, best), a CSV log and TensorBoard events go to the run folder; an interrupted run
+resumes there.
+
+On a GPU the networks run under bf16 autocast (the geometry and every loss stay fp32). Launched by torchrun
+(``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel: each rank draws its own patients (its own
+seed), gradients are averaged, and rank 0 alone validates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import inspect
 import json
+import os
 import random
+import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 
 from .cache import load_cached
 from .cascade import Cascade, CascadeConfig, DenseBlockConfig
@@ -25,6 +37,8 @@ from .data import CaseTensors, choose_atlas, load_split
 from .losses import gradient_smoothness, kl_divergence, mi_loss, mmd, segmentation_mse, segmentation_soft_dice
 
 SEG_LOSSES = {"mse": segmentation_mse, "dice": segmentation_soft_dice}
+TERMS = ("total", "mi", "seg", "kl", "smooth", "mmd")
+_DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 
 @dataclass
@@ -63,6 +77,11 @@ class TrainConfig:
     threads: int = 2
     run_dir: str = "runs"
     init_from: str | None = None  # a checkpoint whose weights start a new run (warm start; not a resume)
+    batch_size: int = 1  # fixed patients stacked per step (per process under torchrun)
+    device: str = "auto"  # auto (cuda when available), cpu or cuda
+    bf16: bool = True  # bf16 autocast of the networks on CUDA; ignored on a CPU (fp32 there)
+    tensorboard: bool = True  # events in <run_dir>/<name>/tb
+    progress: str = "auto"  # auto: a tqdm bar when stdout is a terminal, else plain log lines; or bar, log
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -84,6 +103,105 @@ def build_model(cfg: TrainConfig) -> Cascade:
     return Cascade(CascadeConfig(image_shape=tuple(cfg.image_shape), dense_blocks=blocks, **m))
 
 
+# --- device, precision, processes -------------------------------------------------------------------------------
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: the GPU when torch sees one, else the CPU; ``cuda`` is this process's GPU (its local rank)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError("device: cuda was asked for, but torch sees no CUDA device")
+        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
+
+
+def uses_bf16(device: torch.device, bf16: bool = True) -> bool:
+    """bf16 autocast only on CUDA and only when the config asks (CPU training stays fp32)."""
+    return bool(bf16) and device.type == "cuda"
+
+
+def autocast_context(device: torch.device, bf16: bool = True):
+    """The context of the forward pass: bf16 autocast on CUDA when asked, a no-op anywhere else."""
+    if uses_bf16(device, bf16):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A process's seed: the config's on rank 0 (a one-process run is unchanged by torchrun), a fixed other one
+    per further rank, so that each rank draws its own patients and noise, the same ones run after run."""
+    return seed if rank == 0 else seed + 1_000_003 * rank
+
+
+def resume_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of a rank whose random state a checkpoint does not hold (another world size, another device)."""
+    return rank_seed(seed, rank) + 104_729 * (step + 1)
+
+
+@dataclass
+class Processes:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this module initialised the process group (and destroys it at the end)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_processes(device_name: str = "auto") -> tuple[Processes, torch.device]:
+    """One process, or one of torchrun's (``WORLD_SIZE`` > 1): the process group is initialised here with nccl on
+    CUDA and gloo on a CPU, unless the caller did it already."""
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Processes(), resolve_device(device_name)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    owns = False
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
+        owns = True
+    return Processes(dist.get_rank(), dist.get_world_size(), local_rank, owns), device
+
+
+def progress_mode(mode: str = "auto", stream=None) -> str:
+    """``bar`` (tqdm) or ``log`` (a plain line every 10 steps); ``auto``: a bar only when stdout is a terminal (of
+    some size: tqdm draws nothing on a pty of 0 x 0, as some log captures are)."""
+    if mode == "auto":
+        if stream is None:
+            return "bar" if sys.stdout.isatty() and _terminal_columns() > 0 else "log"
+        return "bar" if getattr(stream, "isatty", lambda: False)() else "log"
+    if mode not in ("bar", "log"):
+        raise ValueError(f"progress must be auto, bar or log, not {mode!r}")
+    return mode
+
+
+def _terminal_columns() -> int:
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def _unwrap(model) -> Cascade:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+# --- losses and validation --------------------------------------------------------------------------------------
+
+
 def dice_per_oar(warped: torch.Tensor, target: torch.Tensor, present: torch.Tensor) -> dict[int, float]:
     out = {}
     for n in range(target.shape[0]):
@@ -96,6 +214,7 @@ def dice_per_oar(warped: torch.Tensor, target: torch.Tensor, present: torch.Tens
 
 def evaluate(model: Cascade, atlas: CaseTensors, cases: list[CaseTensors], oars: list[str]) -> dict:
     """Mean Dice per OAR (canonical grid, threshold 0.5) for the full cascade and the affine stage alone."""
+    model = _unwrap(model)
     model.eval()
     scores: dict[str, dict[str, list[float]]] = {"cascade": {o: [] for o in oars}, "affine": {o: [] for o in oars}}
     with torch.no_grad():
@@ -115,31 +234,48 @@ def evaluate(model: Cascade, atlas: CaseTensors, cases: list[CaseTensors], oars:
     return summary
 
 
-def loss_terms(model: Cascade, cfg: TrainConfig, fixed: CaseTensors, atlas: CaseTensors, gen) -> dict:
-    f_img = fixed.image.float()[None]
-    m_img = atlas.image.float()[None]
-    out = model(f_img, m_img, sample=True)
+def loss_terms(
+    model,
+    cfg: TrainConfig,
+    fixed: CaseTensors | Sequence[CaseTensors],
+    atlas: CaseTensors,
+    gen,
+    autocast=None,
+) -> dict:
+    """The loss terms of one step on one fixed patient or a batch of them (stacked; the atlas is broadcast).
+
+    ``autocast`` (``autocast_context``) covers the model's forward pass only: the warps and losses are fp32.
+    """
+    cases = [fixed] if isinstance(fixed, CaseTensors) else list(fixed)
+    b = len(cases)
+    core = _unwrap(model)
+    f_img = torch.stack([c.image for c in cases]).float()
+    m_img = atlas.image.float()[None].expand(b, -1, -1, -1, -1)
+    with autocast if autocast is not None else contextlib.nullcontext():
+        out = model(f_img, m_img, sample=True)
     terms: dict[str, torch.Tensor] = {}
-    known_f = fixed.known.float()[None]
-    known_m = atlas.known.float()[None]
+    known_f = torch.stack([c.known for c in cases]).float()
+    known_m = atlas.known.float()[None].expand(b, -1, -1, -1, -1)
     mi = 0.0
     for f in out.stage_fields:
-        warped = model.warp(m_img, f)
-        weight = known_f * model.warp(known_m, f)
+        f = f.float()
+        warped = core.warp(m_img, f)
+        weight = known_f * core.warp(known_m, f)
         mi = mi + mi_loss(f_img, warped, weight, samples=cfg.mi_samples, generator=gen)
     terms["mi"] = mi
-    warped_masks = model.warp(atlas.masks.float()[None], out.field)
-    terms["seg"] = SEG_LOSSES[cfg.seg_loss](warped_masks, fixed.masks.float()[None], fixed.present[None])
+    warped_masks = core.warp(atlas.masks.float()[None].expand(b, -1, -1, -1, -1), out.field.float())
+    target = torch.stack([c.masks for c in cases]).float()
+    terms["seg"] = SEG_LOSSES[cfg.seg_loss](warped_masks, target, torch.stack([c.present for c in cases]))
     if cfg.weight_kl:
         terms["kl"] = sum(
-            kl_divergence(mu, lv, cfg.prior_lambda)
+            kl_divergence(mu.float(), lv.float(), cfg.prior_lambda)
             for mu, lv in zip(out.means, out.log_vars, strict=True)
             if lv is not None
         )
     if cfg.weight_smooth:
-        terms["smooth"] = sum(gradient_smoothness(v) for v in out.velocities)
+        terms["smooth"] = sum(gradient_smoothness(v.float()) for v in out.velocities)
     if cfg.weight_mmd:
-        terms["mmd"] = sum(mmd(v, generator=gen) for v in out.velocities)
+        terms["mmd"] = sum(mmd(v.float(), generator=gen) for v in out.velocities)
     weights = {
         "mi": cfg.weight_mi,
         "seg": cfg.weight_seg,
@@ -151,101 +287,269 @@ def loss_terms(model: Cascade, cfg: TrainConfig, fixed: CaseTensors, atlas: Case
     return terms
 
 
-def train(cfg: TrainConfig, log=print) -> Path:
+# --- random state in checkpoints ---------------------------------------------------------------------------------
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    state = {
+        "generator": gen.get_state(),
+        "generator_device": gen.device.type,
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+    }
+    if gen.device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(gen.device)
+    return state
+
+
+def _set_rng_state(state: dict, gen: torch.Generator, fallback_seed: int) -> None:
+    """Restore a rank's random state; the generator of another device kind (a CPU run resumed on a GPU) is
+    reseeded instead. Checkpoints of the first layout (no ``generator_device``) are CPU ones."""
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    if "cuda_rng" in state and gen.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], gen.device)
+    if state.get("generator_device", "cpu") == gen.device.type:
+        gen.set_state(state["generator"])
+    else:
+        gen.manual_seed(fallback_seed)
+
+
+def _seed_all(seed: int, gen: torch.Generator) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    gen.manual_seed(seed)
+
+
+# --- the loop ----------------------------------------------------------------------------------------------------
+
+
+def _summary_writer(path: Path, purge_step: int | None, log):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is in the train extra
+        log("tensorboard is not installed: no TensorBoard events (pip install -e '.[train]')")
+        return None
+    return SummaryWriter(str(path), purge_step=purge_step)
+
+
+def train(cfg: TrainConfig, log=print, on_step: Callable[[dict], None] | None = None) -> Path:
+    """Train (or resume) the run ``<run_dir>/<name>``; returns its folder.
+
+    ``on_step`` (tests, instrumentation) is called on every rank after each optimizer step with the step, rank,
+    world size, the fixed case ids, this rank's own loss and the (unwrapped) model.
+    """
+    procs, device = init_processes(cfg.device)
+    try:
+        return _train(cfg, log if procs.main else (lambda *_: None), on_step, procs, device)
+    finally:
+        if procs.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, log, on_step, procs: Processes, device: torch.device) -> Path:
     torch.set_num_threads(cfg.threads)
     run = Path(cfg.run_dir) / cfg.name
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    if procs.main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    gen = torch.Generator(device=device)
+    _seed_all(cfg.seed, gen)  # every rank: the same initial weights
     atlas_path = (
         Path(cfg.cache_train) / f"{cfg.atlas_case}.npz" if cfg.atlas_case else choose_atlas(cfg.cache_train, cfg.oars)
     )
     align_to = load_cached(atlas_path) if cfg.align_windows else None
-    train_cases = load_split(cfg.cache_train, cfg.oars, cfg.image_shape, align_to)
-    val_cases = load_split(cfg.cache_validation, cfg.oars, cfg.image_shape, align_to)
+    # the data pipeline: cached canonical cases, resized once, held in memory and moved to the device once
+    train_cases = [c.to(device) for c in load_split(cfg.cache_train, cfg.oars, cfg.image_shape, align_to)]
+    val_cases = (
+        [c.to(device) for c in load_split(cfg.cache_validation, cfg.oars, cfg.image_shape, align_to)]
+        if procs.main
+        else []
+    )
     atlas = next(c for c in train_cases if c.case_id == atlas_path.stem)
     fixed_pool = [c for c in train_cases if c.case_id != atlas.case_id]
     log(f"atlas {atlas.case_id}; {len(fixed_pool)} training and {len(val_cases)} validation patients")
-    model = build_model(cfg)
+    amp = uses_bf16(device, cfg.bf16)
+    log(f"device {device}{' (bf16 autocast)' if amp else ''}, {procs.world_size} process(es) x batch {cfg.batch_size}")
+    model = build_model(cfg).to(device)
+    if procs.rank:
+        _seed_all(rank_seed(cfg.seed, procs.rank), gen)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     state = {"step": 0, "best": -1.0, "history": []}
     latest = run / "latest.pt"
-    if latest.is_file():
-        ckpt = torch.load(latest, weights_only=False)
+    if procs.distributed:
+        dist.barrier()  # rank 0 made the run folder
+    resumed = latest.is_file()
+    if resumed:
+        ckpt = torch.load(latest, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
-        gen.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        random.setstate(ckpt["python_rng"])
+        ranks = ckpt.get("rank_rng")
+        fallback = resume_seed(cfg.seed, procs.rank, state["step"])
+        if ranks is not None and len(ranks) == procs.world_size:
+            _set_rng_state(ranks[procs.rank], gen, fallback)
+        elif procs.main:
+            _set_rng_state(ckpt, gen, fallback)
+        else:
+            _seed_all(fallback, gen)
         log(f"resumed at step {state['step']} (best validation Dice {state['best']:.3f})")
     elif cfg.init_from:
-        model.load_state_dict(torch.load(cfg.init_from, weights_only=False)["model"])
+        model.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"])
         log(f"weights from {cfg.init_from}")
-
-    def save(path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "state": state,
-                "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(),
-                "config": asdict(cfg),
-                "atlas_case": atlas.case_id,
-            },
-            tmp,
+    core = model
+    if procs.distributed:
+        # the buffers (identity grids, kernels) are constants: no broadcast before each forward pass
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS else "broadcast_buffers"
+        model = DistributedDataParallel(
+            core, device_ids=[device.index] if device.type == "cuda" else None, **{sync: False}
         )
+
+    def save(path: Path, rank_states: list[dict] | None = None) -> None:
+        tmp = path.with_suffix(".tmp")
+        ckpt = {
+            "model": core.state_dict(),
+            "optimizer": opt.state_dict(),
+            "state": state,
+            **_rng_state(gen),  # generator, torch_rng, python_rng (rank 0's), generator_device, [cuda_rng]
+            "config": asdict(cfg),
+            "atlas_case": atlas.case_id,
+            "world_size": procs.world_size,
+        }
+        if rank_states is not None:
+            ckpt["rank_rng"] = rank_states
+        torch.save(ckpt, tmp)
         tmp.replace(path)
 
+    writer = None
+    if procs.main and cfg.tensorboard:
+        writer = _summary_writer(run / "tb", state["step"] + 1 if resumed else None, log)
+    mode = progress_mode(cfg.progress) if procs.main else "log"
+    bar = None
+    if mode == "bar":
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm is in the train extra
+            mode = "log"
+        else:
+            bar = tqdm(
+                total=cfg.steps,
+                initial=state["step"],
+                desc=cfg.name,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stdout,
+            )
+            plain_log = log
+
+            def log(message: str) -> None:
+                with tqdm.external_write_mode(file=sys.stdout):
+                    plain_log(message)
+
     log_path = run / "log.csv"
-    new_log = not log_path.is_file()
-    with log_path.open("a", newline="") as fh:
-        writer = csv.writer(fh)
-        if new_log:
-            writer.writerow(["step", "seconds", "total", "mi", "seg", "kl", "smooth", "mmd", "val_dice", "val_affine"])
+    fh = None
+    try:
+        if procs.main:
+            new_log = not log_path.is_file()
+            fh = log_path.open("a", newline="")
+            csv_writer = csv.writer(fh)
+            if new_log:
+                csv_writer.writerow(
+                    ["step", "seconds", "total", "mi", "seg", "kl", "smooth", "mmd", "val_dice", "val_affine"]
+                )
         start = time.perf_counter()
         first_step = state["step"]
+        last_val = None
         while state["step"] < cfg.steps:
-            fixed = random.choice(fixed_pool)
-            terms = loss_terms(model, cfg, fixed, atlas, gen)
+            chosen = [random.choice(fixed_pool) for _ in range(cfg.batch_size)]
+            terms = loss_terms(model, cfg, chosen, atlas, gen, autocast_context(device, cfg.bf16))
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt.step()
             state["step"] += 1
             step = state["step"]
-            row = [step, round(time.perf_counter() - start, 2)] + [
-                round(float(terms[k].detach()), 5) if k in terms else ""
-                for k in ("total", "mi", "seg", "kl", "smooth", "mmd")
-            ]
+            keys = [k for k in TERMS if k in terms]
+            local = torch.stack([torch.as_tensor(terms[k], device=device).detach().float() for k in keys])
+            mean = local.clone()
+            if procs.distributed:  # the logs show the mean over the ranks' patients
+                dist.all_reduce(mean)
+                mean /= procs.world_size
+            value = dict(zip(keys, mean.tolist(), strict=True))
+            if on_step is not None:
+                on_step(
+                    {
+                        "step": step,
+                        "rank": procs.rank,
+                        "world_size": procs.world_size,
+                        "cases": [c.case_id for c in chosen],
+                        "loss": float(local[0]),
+                        "model": core,
+                    }
+                )
+            if not procs.main:
+                if step % cfg.validate_every == 0 or step == cfg.steps:
+                    dist.barrier()  # rank 0 validates
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    dist.all_gather_object([None] * procs.world_size, _rng_state(gen))
+                    dist.barrier()  # rank 0 writes the checkpoint
+                continue
+            seconds = time.perf_counter() - start
+            row = [step, round(seconds, 2)] + [round(value[k], 5) if k in value else "" for k in TERMS]
+            if writer is not None:
+                for k, v in value.items():
+                    writer.add_scalar(f"loss/{k}", v, step)
             val = ["", ""]
             if step % cfg.validate_every == 0 or step == cfg.steps:
-                summary = evaluate(model, atlas, val_cases, cfg.oars)
+                summary = evaluate(core, atlas, val_cases, cfg.oars)
                 val = [round(summary["cascade"]["mean"], 4), round(summary["affine"]["mean"], 4)]
+                last_val = val[0]
                 state["history"].append({"step": step, **summary})
                 (run / "validation.json").write_text(json.dumps(state["history"], indent=2))
                 if summary["cascade"]["mean"] > state["best"]:
                     state["best"] = summary["cascade"]["mean"]
                     save(run / "best.pt")
+                if writer is not None:
+                    for stage, tag in (("cascade", "dice"), ("affine", "affine_dice")):
+                        writer.add_scalar(f"val/{tag}_mean", summary[stage]["mean"], step)
+                        for o, d in summary[stage]["per_oar"].items():
+                            writer.add_scalar(f"val/{tag}/{o}", d, step)
                 log(
                     f"step {step}: validation Dice {val[0]:.3f} (affine {val[1]:.3f}) "
                     + " ".join(f"{o}={d:.2f}" for o, d in summary["cascade"]["per_oar"].items())
                 )
-            writer.writerow(row + val)
+                if procs.distributed:
+                    dist.barrier()
+            csv_writer.writerow(row + val)
+            per_step = seconds / max(step - first_step, 1)
+            if bar is not None:
+                post = {"loss": f"{value['total']:.4f}", "mi": f"{value['mi']:.3f}", "seg": f"{value['seg']:.4f}"}
+                if last_val is not None:
+                    post["val"] = f"{last_val:.3f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
             if step % 10 == 0:
                 fh.flush()
-                elapsed = time.perf_counter() - start
-                value = {k: float(v.detach()) for k, v in terms.items()}
-                per_step = elapsed / max(step - first_step, 1)
-                eta = int(per_step * (cfg.steps - step))
-                log(
-                    f"step {step}/{cfg.steps} loss {value['total']:.4f} mi {value['mi']:.3f} seg {value['seg']:.4f} "
-                    f"({per_step:.2f} s/step, ETA {eta // 3600}:{eta % 3600 // 60:02d} h)"
-                )
+                if bar is None:
+                    eta = int(per_step * (cfg.steps - step))
+                    log(
+                        f"step {step}/{cfg.steps} loss {value['total']:.4f} mi {value['mi']:.3f} "
+                        f"seg {value['seg']:.4f} ({per_step:.2f} s/step, ETA {eta // 3600}:{eta % 3600 // 60:02d} h)"
+                    )
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save(latest)
+                rank_states = None
+                if procs.distributed:
+                    rank_states = [None] * procs.world_size
+                    dist.all_gather_object(rank_states, _rng_state(gen))
+                save(latest, rank_states)
+                if writer is not None:
+                    writer.flush()
+                if procs.distributed:
+                    dist.barrier()
+    finally:
+        if fh is not None:
+            fh.close()
+        if writer is not None:
+            writer.close()
+        if bar is not None:
+            bar.close()
     return run

@@ -1,0 +1,252 @@
+"""The service under measurement: latency per stage for a 512 x 512 x 200 CT with 36 OARs, 50 concurrent
+submissions, and status polling latency under that load (a benchmark, not a timed test).
+
+    .venv/bin/python benchmarks/bench_service.py [--runs 3] [--concurrent 50] [--out out/bench/service.json]
+
+Starts what ``make demo`` starts (Redis when none answers, one worker, the API under uvicorn) and stops it again.
+The model is the default bundle (``models/phantom_proposed_cpu``) or, while it is absent, an untrained cascade of
+the same shape of input and output (the registration's cost depends on the network, the rest does not).
+
+1. End to end, from upload complete (the 202) to RTSTRUCT ready (status succeeded), for the full-size phantom
+   patient (seed 2028, index 2: 512 x 512 x 200, 1.25 mm slices), ``--runs`` times (the job is purged between
+   runs, so the same series makes a new job); the worker's seconds per stage; the upload's own time.
+2. ``--concurrent`` submissions of distinct small phantom series at once (threads, one HTTP connection each):
+   how many were accepted (202) and how many failed, and their answer times.
+3. While those jobs are queued and running, ``--pollers`` threads poll ``GET /v1/jobs/{id}`` as fast as they can
+   for ``--poll-seconds``: p50, p95, p99 and max. The queued jobs are cancelled afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+
+from oarmorph.service_demo import _bundle, _Children, _free_port, _redis, _wait  # noqa: E402
+from service.security import new_key  # noqa: E402
+
+BIG_SEED, BIG_INDEX = 2028, 2  # 512 x 512 x 200
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def _series_parts(folder: Path) -> list[tuple]:
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    return [("files", (f"{n:05d}.dcm", p.read_bytes(), "application/dicom")) for n, p in enumerate(files)]
+
+
+def _renamed_series(folder: Path, tag: int) -> list[tuple]:
+    parts = []
+    for n, path in enumerate(sorted(folder.iterdir())):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.9{tag}"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ds.SOPInstanceUID}.9{tag}"
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        parts.append(("files", (f"{n:05d}.dcm", buffer.getvalue(), "application/dicom")))
+    return parts
+
+
+def _phantom(out: Path, seed: int, index: int, size: str) -> Path:
+    from phantom.cohort import case_id, generate_patient, write_patient
+
+    folder = out / case_id(seed, index)
+    if not (folder / "ct").is_dir():
+        start = time.perf_counter()
+        write_patient(generate_patient(index, seed, size), out, seed, index, size)
+        print(f"generated phantom {folder.name} ({size}) in {time.perf_counter() - start:.0f} s", flush=True)
+    return folder / "ct"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrent", type=int, default=50)
+    parser.add_argument("--pollers", type=int, default=8)
+    parser.add_argument("--poll-seconds", type=float, default=20.0)
+    parser.add_argument("--work", type=Path, default=REPO / "out" / "bench" / "service")
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "bench" / "service.json")
+    args = parser.parse_args()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    children = _Children()
+    results: dict = {"machine": {"cpus": os.cpu_count()}}
+    try:
+        redis_url = _redis(work, children)
+        bundle, bundles, trained = _bundle(work)
+        key, entry = new_key("bench")
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OARMORPH_") or k == "OARMORPH_BUNDLES_DIR"}
+        env.update(
+            {
+                "OARMORPH_REDIS_URL": redis_url,
+                "OARMORPH_KEY_PREFIX": "oarmorph-bench",
+                "OARMORPH_QUEUE": "oarmorph-bench",
+                "OARMORPH_CALLBACK_QUEUE": "oarmorph-bench.callbacks",
+                "OARMORPH_DATA_DIR": str((work / "data").resolve()),
+                "OARMORPH_DEFAULT_BUNDLE": bundle,
+                "OARMORPH_BUNDLES": json.dumps({k: str(v.resolve()) for k, v in bundles.items()}),
+                "OARMORPH_API_KEYS": entry.line(),
+                "OARMORPH_MAX_UPLOAD_BYTES": str(4 * 1024**3),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        bin_dir = Path(sys.executable).parent
+        celery = [str(bin_dir / "celery"), "-A", "service.worker", "worker", "--pool", "prefork", "--concurrency", "1"]
+        celery += ["--loglevel", "INFO", "--without-mingle", "--without-gossip", "--hostname", "bench@%h"]
+        children.start("the worker", celery, env, work / "worker.log")
+        uvicorn = [str(bin_dir / "uvicorn"), "service.app:app", "--host", "127.0.0.1", "--port", str(port)]
+        uvicorn += ["--log-level", "warning"]
+        children.start("the API", uvicorn, env, work / "api.log")
+        base = f"http://127.0.0.1:{port}"
+        auth = {"X-API-Key": key}
+        client = httpx.Client(base_url=base, headers=auth, timeout=600)
+        _wait(lambda: _ready(client), 300, "the worker", 0.5)
+        results["model"] = {"bundle": bundle, "trained": trained}
+
+        # 1. a 512 x 512 x 200 CT, end to end
+        big = _phantom(work / "patients", BIG_SEED, BIG_INDEX, "full")
+        parts = _series_parts(big)
+        runs = []
+        for run in range(args.runs):
+            start = time.perf_counter()
+            posted = client.post("/v1/jobs", files=parts)
+            accepted = time.perf_counter()
+            assert posted.status_code == 202, posted.text
+            job = posted.json()
+            while job["status"] in ("queued", "running"):
+                time.sleep(0.05)
+                job = client.get(f"/v1/jobs/{job['id']}").json()
+            ready = time.perf_counter()
+            assert job["status"] == "succeeded", job
+            rt = client.get(f"/v1/jobs/{job['id']}/rtstruct")
+            runs.append(
+                {
+                    "upload_s": round(accepted - start, 3),
+                    "end_to_end_s": round(ready - accepted, 3),
+                    "stages_s": job["seconds"],
+                    "oars": job["qa"]["oar_count"],
+                    "contoured": job["qa"]["contoured"],
+                    "rtstruct_bytes": len(rt.content),
+                    "shape": [job["input"]["slices"], job["input"]["rows"], job["input"]["columns"]],
+                }
+            )
+            print(f"run {run + 1}: {json.dumps(runs[-1])}", flush=True)
+            client.delete(f"/v1/jobs/{job['id']}")  # purge: the same series makes a new job next run
+        results["latency_512x512x200"] = {
+            "runs": runs,
+            "median_end_to_end_s": statistics.median(r["end_to_end_s"] for r in runs),
+            "median_stages_s": {
+                stage: statistics.median(r["stages_s"][stage] for r in runs) for stage in runs[0]["stages_s"]
+            },
+        }
+
+        # 2. concurrent submissions of distinct small series
+        small = _phantom(work / "patients", 12, 1, "small")
+        bodies = [_renamed_series(small, tag) for tag in range(args.concurrent)]
+        statuses: list[int] = []
+        answer_s: list[float] = []
+        ids: list[str] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(args.concurrent)
+
+        def submit(body):
+            with httpx.Client(base_url=base, headers=auth, timeout=600) as c:
+                barrier.wait()
+                t0 = time.perf_counter()
+                r = c.post("/v1/jobs", files=body)
+                with lock:
+                    statuses.append(r.status_code)
+                    answer_s.append(time.perf_counter() - t0)
+                    if r.status_code == 202:
+                        ids.append(r.json()["id"])
+
+        # 3. polling while the submissions arrive and the jobs run
+        poll_s: list[float] = []
+        stop = threading.Event()
+
+        def poll():
+            with httpx.Client(base_url=base, headers=auth, timeout=60) as c:
+                n = 0
+                while not stop.is_set():
+                    with lock:
+                        target = ids[n % len(ids)] if ids else None
+                    n += 1
+                    if target is None:
+                        time.sleep(0.01)
+                        continue
+                    t0 = time.perf_counter()
+                    r = c.get(f"/v1/jobs/{target}")
+                    elapsed = time.perf_counter() - t0
+                    if r.status_code == 200:
+                        with lock:
+                            poll_s.append(elapsed)
+
+        pollers = [threading.Thread(target=poll, daemon=True) for _ in range(args.pollers)]
+        for t in pollers:
+            t.start()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrent) as pool:
+            list(pool.map(submit, bodies))
+        submitted = time.perf_counter() - start
+        time.sleep(max(args.poll_seconds - submitted, 0.0))
+        stop.set()
+        for t in pollers:
+            t.join(10)
+        errors = [s for s in statuses if s != 202]
+        results["concurrent_submissions"] = {
+            "submitted": args.concurrent,
+            "accepted_202": len(ids),
+            "errors": len(errors),
+            "error_statuses": sorted(set(errors)),
+            "all_answered_in_s": round(submitted, 3),
+            "answer_p50_s": round(_percentile(answer_s, 50), 3),
+            "answer_max_s": round(max(answer_s), 3),
+        }
+        results["polling_under_load"] = {
+            "requests": len(poll_s),
+            "pollers": args.pollers,
+            "seconds": args.poll_seconds,
+            "p50_ms": round(_percentile(poll_s, 50) * 1000, 2),
+            "p95_ms": round(_percentile(poll_s, 95) * 1000, 2),
+            "p99_ms": round(_percentile(poll_s, 99) * 1000, 2),
+            "max_ms": round(max(poll_s) * 1000, 2) if poll_s else None,
+        }
+        done = sum(1 for i in ids if client.get(f"/v1/jobs/{i}").json()["status"] == "succeeded")
+        results["concurrent_submissions"]["succeeded_during_polling"] = done
+        for job_id in ids:
+            client.delete(f"/v1/jobs/{job_id}")
+            client.delete(f"/v1/jobs/{job_id}")
+    finally:
+        children.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _ready(client: httpx.Client) -> bool:
+    try:
+        return client.get("/readyz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The API's routers (``jobs``: /v1/jobs; ``ops``: health, readiness, metrics) and their dependencies."""

@@ -1,0 +1,58 @@
+"""A tiny synthetic cohort (32^3 cached cases: an ellipsoid body with one organ, shifted per case) and the
+training configuration that runs on it in seconds; shared by the training tests and the DDP worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from imaging.canonical import CanonicalFrame
+from imaging.volume import Geometry
+from training.cache import CachedCase, save_cached
+
+SHAPE = (32, 32, 32)
+SHIFTS = {"train": [(0, 0, 0), (2, -2, 1), (-2, 1, 2), (1, 2, -2)], "validation": [(1, -1, 1)]}
+
+
+def synthetic_case(case_id: str, shift: tuple[int, int, int]) -> CachedCase:
+    k, j, i = np.indices(SHAPE)
+    c = np.array([16, 16, 16]) + np.array(shift)
+    body = ((k - c[0]) ** 2 / 100 + (j - c[1]) ** 2 / 64 + (i - c[2]) ** 2 / 81) <= 1
+    organ = ((k - c[0] - 3) ** 2 + (j - c[1]) ** 2 + (i - c[2] - 3) ** 2) <= 9
+    image = np.where(body, 0.5, 0.0) + np.where(organ, 0.3, 0.0)
+    frame = CanonicalFrame(Geometry(SHAPE, (2.5, 2.5, 2.7), (0.0, 0.0, 0.0)), 0.0, False, (-300.0, 0.0), (-300.0, 0.0))
+    return CachedCase(
+        case_id, image.astype(np.float32), np.ones(SHAPE, np.float32), {"Parotid_L": organ.astype(np.float32)}, frame
+    )
+
+
+def make_caches(root: Path) -> Path:
+    """``root/train`` (train0, the atlas, and three patients) and ``root/validation`` (one patient)."""
+    for split, shifts in SHIFTS.items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for n, s in enumerate(shifts):
+            save_cached(synthetic_case(f"{split}{n}", s), root / split / f"{split}{n}.npz")
+    return root
+
+
+def tiny_config_dict(caches: Path, steps: int, **overrides) -> dict:
+    """The fields of a TrainConfig (plain JSON types, so that it can be written as a YAML/JSON file)."""
+    return {
+        "name": "t",
+        "cache_train": str(caches / "train"),
+        "cache_validation": str(caches / "validation"),
+        "oars": ["Parotid_L"],
+        "atlas_case": "train0",
+        "image_shape": list(SHAPE),
+        "model": {"net_shape": [16, 16, 16], "affine_widths": [8, 8, 8]},
+        "lr": 2e-3,
+        "steps": steps,
+        "mi_samples": None,
+        "validate_every": 1000,
+        "checkpoint_every": 10,
+        "threads": 1,
+        "run_dir": str(caches / "runs"),
+        "progress": "log",
+        **overrides,
+    }
