@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch.distributed.run")
 
-from tiny_cohort import make_caches, tiny_config_dict  # noqa: E402
+from tiny_cohort import FIRST_LAYOUT, make_caches, one_thread, tiny_config_dict  # noqa: E402, F401
 
 from training.data import load_split  # noqa: E402
 from training.train import TrainConfig, build_model, loss_terms, rank_seed, train  # noqa: E402
@@ -26,17 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("ddp_worker.py")
 STEPS = 4
 POOL = ["train1", "train2", "train3"]  # the tiny cohort's patients (train0 is the atlas)
-FIRST_LAYOUT = {"model", "optimizer", "state", "generator", "torch_rng", "python_rng", "config", "atlas_case"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as the tiny configuration trains with: on a busy 2-core machine two threads per
-    process made a 32^3 step 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _config(data: dict) -> TrainConfig:

@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tiny_cohort import make_caches, tiny_config_dict  # noqa: E402
+from tiny_cohort import FIRST_LAYOUT, make_caches, one_thread, tiny_config_dict  # noqa: E402, F401
 
 from training.data import load_split  # noqa: E402
 from training.train import (  # noqa: E402
@@ -29,19 +29,6 @@ from training.train import (  # noqa: E402
     train,
     uses_bf16,
 )
-
-# the keys of a checkpoint written before TensorBoard, DDP and devices (runs of that code must still resume)
-FIRST_LAYOUT = {"model", "optimizer", "state", "generator", "torch_rng", "python_rng", "config", "atlas_case"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as the tiny configuration trains with: on a busy 2-core machine two threads per
-    process made a 32^3 step 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture()

@@ -100,16 +100,23 @@ class VelocityUNet(nn.Module):
         return nn.Sequential(conv(cin, cout), conv(cout, cout))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        skips = []
-        for level in self.enc:
-            x = level(x)
-            skips.append(x)
-            x = F.max_pool3d(x, 2)
-        x = self.bottom(x)
-        for level, skip in zip(self.dec, reversed(skips), strict=True):
-            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
-            x = level(torch.cat([x, skip], dim=1))
+        x = unet_features(self.enc, self.bottom, self.dec, x)
         return self.mean(x), (self.log_var(x) if self.probabilistic else None)
+
+
+def unet_features(enc: nn.ModuleList, bottom: nn.Module, dec: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """The U-Net pass shared by the velocity networks and the pseudo-label segmenter: each encoder level, then
+    max-pooling; the bottom; each decoder level on the upsampled features concatenated with its skip."""
+    skips = []
+    for level in enc:
+        x = level(x)
+        skips.append(x)
+        x = F.max_pool3d(x, 2)
+    x = bottom(x)
+    for level, skip in zip(dec, reversed(skips), strict=True):
+        x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+        x = level(torch.cat([x, skip], dim=1))
+    return x
 
 
 def count_parameters(module: nn.Module) -> int:

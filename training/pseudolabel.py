@@ -30,6 +30,7 @@ from torch import nn
 
 from .cache import CachedCase, load_cached, save_cached
 from .data import CaseTensors, cache_paths, load_split
+from .networks import unet_features
 
 DEFAULT_OARS = ["Bone_Mandible", "Parotid_L", "Parotid_R", "SpinalCord", "Brainstem", "Esophagus_S", "Larynx_SG"]
 RECORD = "pseudolabels.json"
@@ -90,16 +91,7 @@ class SegUNet(nn.Module):
         nn.init.constant_(self.head.bias, -2.0)  # OARs are small: start with low probabilities
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for level in self.enc:
-            x = level(x)
-            skips.append(x)
-            x = F.max_pool3d(x, 2)
-        x = self.bottom(x)
-        for level, skip in zip(self.dec, reversed(skips), strict=True):
-            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
-            x = level(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        return self.head(unet_features(self.enc, self.bottom, self.dec, x))
 
 
 def masked_dice_bce(
