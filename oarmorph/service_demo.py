@@ -315,6 +315,7 @@ def run_service_demo(out: Path, ct: Path | None = None) -> dict:
             raise typer.BadParameter(f"the job {job['status']}: [{job.get('code')}] {job.get('detail')}")
         rtstruct = out / "rtstruct.dcm"
         rtstruct.write_bytes(api.get(f"/v1/jobs/{job['id']}/rtstruct").content)
+        api.delete(f"/v1/jobs/{job['id']}")  # purged (its copies are in out/): a next demo makes a new job
         dice = _dice(Path(ct), rtstruct, labels) if labels is not None and labels.is_dir() else None
         sheet = _qa_sheet(Path(ct), rtstruct, job, out / "qa_sheet.png", dice)
         summary = {
