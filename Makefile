@@ -5,10 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.oarmorph-installed
+BENCH_STAMP := $(VENV)/.oarmorph-bench-installed
 EXTRAS ?= service,train,dev
 BENCH_MODEL ?= models/openkbp_proposed_cpu
+BENCH_ARGS ?=
 
-.PHONY: demo test lint format tools openapi bench bench-service clean
+.PHONY: demo test lint format tools openapi bench bench-registration bench-service clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,10 +58,20 @@ demo: $(STAMP) tools
 openapi: $(STAMP)
 	$(BIN)/oarmorph openapi -o openapi.yaml
 
-bench: $(STAMP)
+# The registration baselines (antspyx, itk-elastix) come with the bench extra, installed here and not by make test.
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),bench]"
+	@touch $@
+
+bench: $(BENCH_STAMP) bench-registration
 	$(BIN)/python benchmarks/bench_rtstruct.py
 	$(BIN)/python benchmarks/bench_phantom.py
 	$(BIN)/python benchmarks/bench_runtime.py $(BENCH_MODEL) --threads 2 --skip-missing
+
+# oarmorph against ANTs SyN, elastix, SimpleITK, its affine stage and no registration -> docs/benchmarks.md (hours;
+# BENCH_ARGS=--quick: 2 OpenKBP + 1 phantom patient, minutes).
+bench-registration: $(BENCH_STAMP)
+	$(BIN)/oarmorph bench registration --threads 2 $(BENCH_ARGS)
 
 # The service under load (minutes): latency per stage for a 512x512x200 CT, 50 concurrent submissions, polling p99.
 bench-service: $(STAMP) tools

@@ -867,6 +867,70 @@ def bench_runtime_command(
     _inference_run(lambda: module.run_benchmark(model_dir, threads, repeats, log=typer.echo))
 
 
+bench_app = typer.Typer(help="Benchmarks of a source checkout (benchmarks/).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("registration")
+def bench_registration_command(
+    quick: Annotated[bool, typer.Option("--quick", help="2 OpenKBP validation + 1 small phantom patient.")] = False,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for every method.")] = 2,
+    cohort: Annotated[
+        list[str] | None, typer.Option("--cohort", help="openkbp and/or phantom (repeat; default both).")
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option("--methods", help="Comma-separated: oarmorph,oarmorph-gpu,affine,ants,elastix,simpleitk,none."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N patients per cohort.")] = None,
+    openkbp: Annotated[Path | None, typer.Option("--openkbp", help="OpenKBP validation folder.")] = None,
+    phantom_cohort: Annotated[
+        Path | None, typer.Option("--phantom-cohort", help="A phantom cohort folder (its test split).")
+    ] = None,
+    phantom_size: Annotated[str, typer.Option("--phantom-size", help="small or full phantom patients.")] = "small",
+    out: Annotated[Path | None, typer.Option("--out", help="The document (default docs/benchmarks.md).")] = None,
+    plots_dir: Annotated[Path | None, typer.Option("--plots-dir", help="Plots and JSON (docs/benchmarks).")] = None,
+    from_json: Annotated[
+        Path | None, typer.Option("--from-json", help="Only redo the document from these results.")
+    ] = None,
+    note: Annotated[str, typer.Option("--note", help="A line for the document (e.g. the machine's load).")] = "",
+) -> None:
+    """oarmorph against ANTs SyN, elastix, SimpleITK, its affine stage and no registration: Dice, HD95, folding,
+    seconds per case; writes docs/benchmarks.md and its plots (antspyx and itk-elastix: the bench extra)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "registration" / "command.py").is_file():
+        typer.secho(f"error [NOT_FOUND]: {root / 'benchmarks'} is absent (a source checkout has it)", err=True)
+        raise typer.Exit(2)
+    if phantom_size not in ("small", "full"):
+        raise typer.BadParameter("--phantom-size must be small or full")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.registration import command
+
+    plots = plots_dir or command.DEFAULT_PLOTS
+    try:
+        results = command.bench_registration(
+            quick=quick,
+            threads=threads,
+            cohorts=cohort or command.COHORTS,
+            methods=methods.split(",") if methods else None,
+            limit=limit,
+            openkbp_dir=openkbp,
+            phantom_dir=phantom_cohort,
+            phantom_size=phantom_size,
+            markdown=out or command.DEFAULT_MARKDOWN,
+            plots_dir=plots,
+            json_path=plots / "registration.json",
+            from_json=from_json,
+            note=note,
+            log=typer.echo,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    for line in command.summary_lines(results):
+        typer.echo(line)
+
+
 phantom_app = typer.Typer(help="Synthetic head-and-neck phantoms with known ground truth.", no_args_is_help=True)
 app.add_typer(phantom_app, name="phantom")
 

@@ -89,7 +89,7 @@ def openkbp_cohort(limit: int | None, folder: Path | None = None, model_dir: Pat
     cases = cohort_folder_cases(folder, limit)
     return Cohort(
         "openkbp",
-        f"OpenKBP validation ({len(cases)} real patients, clinical OAR masks)",
+        f"OpenKBP validation ({len(cases)} real patient{'s' if len(cases) != 1 else ''}, clinical OAR masks)",
         cases,
         model_dir if model_dir.is_dir() else None,
         note=f"patients: {folder}",
@@ -111,20 +111,9 @@ def phantom_cohort(
     model = model_dir if (model_dir / "card.json").is_file() else None
     return Cohort(
         "phantom",
-        f"Phantom test patients ({len(cases)}, known ground truth, 36 OARs)",
+        f"Phantom test patient{'s' if len(cases) != 1 else ''} ({len(cases)}, known ground truth, 36 OARs)",
         cases,
         model,
         atlas_dir=None if model else PHANTOM_BUNDLE,
         note=where,
     )
-
-
-def cohort_manifest(cohort: Cohort) -> dict:
-    return {
-        "key": cohort.key,
-        "title": cohort.title,
-        "cases": [c.case_id for c in cohort.cases],
-        "model_dir": str(cohort.model_dir) if cohort.model_dir else None,
-        "atlas_dir": str(cohort.atlas_dir) if cohort.atlas_dir else None,
-        "note": cohort.note,
-    }

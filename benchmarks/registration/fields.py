@@ -14,13 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
-from imaging.body import body_mask
 from imaging.canonical import DEFAULT_SPEC
 
 CANONICAL_SPACING = tuple(float(s) for s in DEFAULT_SPEC.spacing)  # mm along i, j, k
-BODY_THRESHOLD = 0.025  # canonical intensity of about -160 HU (the window starts at -170 HU)
 
 
 def displacement_mm_to_canonical(
@@ -107,29 +104,13 @@ def elastix_parameters_to_field(
 ) -> np.ndarray:
     """elastix's result transform (a parameter object) as transformix's deformation field: on the fixed grid the
     parameter maps name, in mm, pull (fixed point p to moving point p + d(p))."""
+    import tempfile
+
     import itk
 
-    field = itk.transformix_deformation_field(moving_itk, transform_parameters)
-    return displacement_mm_to_canonical(itk.array_from_image(field), spacing_ijk)
-
-
-# --- body centres (the "no registration" baseline) --------------------------------------------------------------
-
-
-def body_centre(image_kji: np.ndarray) -> np.ndarray:
-    """Centroid (k, j, i), canonical voxels, of the body in a canonical image: above about -160 HU, opened, the
-    largest component (``imaging.body.body_mask`` on the image seen as HU)."""
-    lo, hi = DEFAULT_SPEC.hu_window
-    hu = np.asarray(image_kji, np.float32) * (hi - lo) + lo
-    body = body_mask(hu, threshold_hu=lo + BODY_THRESHOLD * (hi - lo))
-    if not body.any():
-        raise ValueError("no body in the canonical image")
-    return np.asarray(ndimage.center_of_mass(body), float)
-
-
-def translation_field(shift_kji: Sequence[float], shape_kji: Sequence[int]) -> np.ndarray:
-    """The pull field of a pure translation: every fixed voxel x samples the atlas at x + shift."""
-    field = np.empty((3, *(int(n) for n in shape_kji)), np.float32)
-    for c in range(3):
-        field[c] = float(shift_kji[c])
-    return field
+    with tempfile.TemporaryDirectory(prefix="oarmorph-transformix-") as tmp:  # else it writes into the cwd
+        field = itk.transformix_deformation_field(
+            moving_itk, transform_parameters, output_directory=tmp, log_to_console=False
+        )
+        d = np.array(itk.array_from_image(field), copy=True)
+    return displacement_mm_to_canonical(d, spacing_ijk)

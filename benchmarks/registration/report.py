@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -128,7 +129,10 @@ def dice_boxplot(cohort: dict, path: Path, title: str) -> None:
     colours = _colours(names)
     cols = min(4, max(len(oars), 1))
     rows = max(1, math.ceil(len(oars) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.5 * rows + 0.8), squeeze=False, sharey=True)
+    legend_rows = math.ceil(len(names) / 4)
+    top_in, bottom_in = 0.45, 0.25 + 0.25 * legend_rows  # the title above, the legend below
+    height = 2.4 * rows + top_in + bottom_in
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, height), squeeze=False, sharey=True)
     for n, ax in enumerate(axes.ravel()):
         if n >= len(oars):
             ax.axis("off")
@@ -149,14 +153,15 @@ def dice_boxplot(cohort: dict, path: Path, title: str) -> None:
                 box.set_alpha(0.8)
         ax.set_title(oar, fontsize=9)
         ax.set_xticks([])
+        ax.set_xlim(-0.6, len(names) - 0.4)
         ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("Dice")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[m], alpha=0.8) for m in names]
-    fig.legend(handles, names, loc="upper center", ncol=min(len(names), 4), fontsize=8, frameon=False)
-    fig.suptitle(title, y=0.995, fontsize=10, va="top")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (2.5 * rows + 0.8) - 0.03 * math.ceil(len(names) / 4)))
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, bottom_in / height, 1, 1 - top_in / height))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -186,7 +191,7 @@ def dice_vs_time(cohort: dict, path: Path, title: str) -> None:
         )
     ax.set_xscale("log")
     ax.set_xlabel("seconds per case (whole pipeline, log scale)")
-    ax.set_ylabel("mean Dice over OARs")
+    ax.set_ylabel("mean Dice over the patient's OARs")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3, which="both")
     ax.set_title(title, fontsize=10)
@@ -222,13 +227,16 @@ METHOD_NOTES = [
     "| elastix | itk-elastix, elastix's default `affine` then `bspline` maps: AdvancedMattesMutualInformation, "
     "4 resolutions, adaptive stochastic gradient descent, 10 mm B-spline grid with a bending-energy penalty; "
     "transformix's deformation field |",
-    "| SimpleITK | geometry-centred affine (Mattes MI, gradient descent, shrink 4-2-1) then B-spline "
-    "(mesh 4 -> 16, Mattes MI, L-BFGS-B), 5 % random samples |",
-    "| no registration | the atlas translated so that the body centres coincide |",
+    "| SimpleITK | centre-of-mass initialised affine (Mattes MI on 5 % random samples, regular-step gradient "
+    "descent, shrink 4-2-1), then diffeomorphic demons (histogram matched, 3 levels, 40-20-10 iterations, "
+    "field sigma 4 mm) |",
+    "| no registration | the zero canonical field: each canonical window sits on its own body (in-plane: the "
+    "centroid of the head and upper neck; k: the vertex or the scan's top) and the patient's is window-aligned onto "
+    "the atlas's, so the atlas is moved so that the body centres coincide, nothing more |",
 ]
 
 
-def render_markdown(results: dict, plot_names: dict[str, dict[str, str]]) -> str:
+def render_markdown(results: dict, plot_names: dict[str, dict[str, str]], json_name: str | None = None) -> str:
     meta = results["meta"]
     lines = ["# Benchmarks: oarmorph against ANTs, elastix and SimpleITK", ""]
     if meta["quick"]:
@@ -251,8 +259,8 @@ def render_markdown(results: dict, plot_names: dict[str, dict[str, str]]) -> str
         "canonical voxels (`imaging.canonical.FIELD_CONVENTION`); the atlas OARs then go onto the patient's own "
         "grid through `pipeline.segment.warp_atlas`, and Dice, HD95 and folding come from `training.evaluate` and "
         "`imaging.metrics`. Seconds per case: the shared preprocessing (canonical image, window alignment), the "
-        "method's registration and its warp, wall clock; reading the CT is left out. Code: `benchmarks/registration/`;"
-        " raw numbers: `docs/benchmarks/registration.json`.",
+        "method's registration and its warp, wall clock; reading the CT is left out. Code: `benchmarks/registration/`"
+        + (f"; raw numbers: `{json_name}`." if json_name else "."),
         "",
         *METHOD_NOTES,
         "",
@@ -294,6 +302,10 @@ def render_markdown(results: dict, plot_names: dict[str, dict[str, str]]) -> str
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _relative(path: Path, markdown: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), markdown.parent.resolve())).as_posix()
+
+
 def write_report(results: dict, markdown: Path, plots_dir: Path, json_path: Path | None = None) -> list[Path]:
     """Write the document, its plots (under ``plots_dir``) and the JSON; returns the files written."""
     markdown.parent.mkdir(parents=True, exist_ok=True)
@@ -305,10 +317,10 @@ def write_report(results: dict, markdown: Path, plots_dir: Path, json_path: Path
         box, time_plot = plots_dir / f"registration_{key}_dice.png", plots_dir / f"registration_{key}_time.png"
         dice_boxplot(cohort, box, f"{cohort['title']}: Dice per OAR")
         dice_vs_time(cohort, time_plot, f"{cohort['title']}: Dice against seconds per case")
-        rel = lambda p: Path(p).resolve().relative_to(markdown.parent.resolve()).as_posix()  # noqa: E731
-        names[key] = {"boxplot": rel(box), "time": rel(time_plot)}
+        names[key] = {"boxplot": _relative(box, markdown), "time": _relative(time_plot, markdown)}
         written += [box, time_plot]
-    markdown.write_text(render_markdown(results, names))
+    json_name = _relative(json_path, markdown) if json_path is not None else None
+    markdown.write_text(render_markdown(results, names, json_name))
     written.append(markdown)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
