@@ -36,7 +36,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
 
-from oarmorph.service_demo import _bundle, _Children, _free_port, _redis, _wait  # noqa: E402
+from oarmorph.service_demo import _bundle, _Children, _redis, _wait, free_port, service_env  # noqa: E402
 from service.security import new_key  # noqa: E402
 
 BIG_SEED, BIG_INDEX = 2028, 2  # 512 x 512 x 200
@@ -91,21 +91,9 @@ def main() -> int:
         redis_url = _redis(work, children)
         bundle, bundles, trained = _bundle(work)
         key, entry = new_key("bench")
-        port = _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OARMORPH_") or k == "OARMORPH_BUNDLES_DIR"}
-        env.update(
-            {
-                "OARMORPH_REDIS_URL": redis_url,
-                "OARMORPH_KEY_PREFIX": "oarmorph-bench",
-                "OARMORPH_QUEUE": "oarmorph-bench",
-                "OARMORPH_CALLBACK_QUEUE": "oarmorph-bench.callbacks",
-                "OARMORPH_DATA_DIR": str((work / "data").resolve()),
-                "OARMORPH_DEFAULT_BUNDLE": bundle,
-                "OARMORPH_BUNDLES": json.dumps({k: str(v.resolve()) for k, v in bundles.items()}),
-                "OARMORPH_API_KEYS": entry.line(),
-                "OARMORPH_MAX_UPLOAD_BYTES": str(4 * 1024**3),
-                "PYTHONUNBUFFERED": "1",
-            }
+        port = free_port()
+        env = service_env(
+            "oarmorph-bench", work, redis_url, bundle, bundles, entry.line(), OARMORPH_MAX_UPLOAD_BYTES=str(4 * 1024**3)
         )
         bin_dir = Path(sys.executable).parent
         celery = [str(bin_dir / "celery"), "-A", "service.worker", "worker", "--pool", "prefork", "--concurrency", "1"]

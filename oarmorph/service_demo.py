@@ -31,19 +31,42 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_SEED, DEMO_INDEX = 2026, 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _answers(url: str) -> bool:
+def redis_answers(url: str) -> bool:
     import redis
 
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
     except Exception:
         return False
+
+
+def service_env(
+    tag: str, folder: Path, redis_url: str, bundle: str, bundles: dict[str, Path], api_keys: str, **extra: str
+) -> dict[str, str]:
+    """The environment of the worker and API processes started here (demo and benchmark): this environment less
+    its own OARMORPH_ settings, then Redis, key prefix and queues named by ``tag``, storage under ``folder``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OARMORPH_") or k == "OARMORPH_BUNDLES_DIR"}
+    env.update(
+        {
+            "OARMORPH_REDIS_URL": redis_url,
+            "OARMORPH_KEY_PREFIX": tag,
+            "OARMORPH_QUEUE": tag,
+            "OARMORPH_CALLBACK_QUEUE": f"{tag}.callbacks",
+            "OARMORPH_DATA_DIR": str((folder / "data").resolve()),
+            "OARMORPH_DEFAULT_BUNDLE": bundle,
+            "OARMORPH_BUNDLES": json.dumps({k: str(v.resolve()) for k, v in bundles.items()}),
+            "OARMORPH_API_KEYS": api_keys,
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+    )
+    return env
 
 
 def _say(text: str) -> None:
@@ -80,11 +103,11 @@ class _Children:
 def _redis(out: Path, children: _Children) -> str:
     configured = os.environ.get("OARMORPH_REDIS_URL")
     if configured:
-        if not _answers(configured):
+        if not redis_answers(configured):
             raise typer.BadParameter(f"OARMORPH_REDIS_URL={configured} does not answer")
         _say(f"Redis: the configured {configured}")
         return configured
-    if _answers("redis://127.0.0.1:6379/0"):
+    if redis_answers("redis://127.0.0.1:6379/0"):
         _say("Redis: the one at 127.0.0.1:6379 (demo keys and queue of their own)")
         return "redis://127.0.0.1:6379/0"
     exe = shutil.which("redis-server")
@@ -92,13 +115,13 @@ def _redis(out: Path, children: _Children) -> str:
         raise typer.BadParameter(
             "no Redis: install redis-server (apt-get install redis-server) or set OARMORPH_REDIS_URL"
         )
-    port = _free_port()
+    port = free_port()
     folder = out / "redis"
     folder.mkdir(parents=True, exist_ok=True)
     args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "", "--appendonly", "yes"]
     children.start("redis-server", args, dict(os.environ), folder / "redis.log")
     url = f"redis://127.0.0.1:{port}/0"
-    _wait(lambda: _answers(url), 20, "redis-server")
+    _wait(lambda: redis_answers(url), 20, "redis-server")
     _say(f"Redis: started redis-server on port {port} (append-only file in {folder})")
     return url
 
@@ -253,21 +276,8 @@ def run_service_demo(out: Path, ct: Path | None = None) -> dict:
         redis_url = _redis(out, children)
         bundle, bundles, trained = _bundle(out)
         key, entry = new_key("demo")
-        port = _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OARMORPH_") or k == "OARMORPH_BUNDLES_DIR"}
-        env.update(
-            {
-                "OARMORPH_REDIS_URL": redis_url,
-                "OARMORPH_KEY_PREFIX": "oarmorph-demo",
-                "OARMORPH_QUEUE": "oarmorph-demo",
-                "OARMORPH_CALLBACK_QUEUE": "oarmorph-demo.callbacks",
-                "OARMORPH_DATA_DIR": str((out / "data").resolve()),
-                "OARMORPH_DEFAULT_BUNDLE": bundle,
-                "OARMORPH_BUNDLES": json.dumps({k: str(v.resolve()) for k, v in bundles.items()}),
-                "OARMORPH_API_KEYS": entry.line(),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        port = free_port()
+        env = service_env("oarmorph-demo", out, redis_url, bundle, bundles, entry.line())
         bin_dir = Path(sys.executable).parent
         celery = [str(bin_dir / "celery"), "-A", "service.worker", "worker", "--pool", "prefork", "--concurrency", "1"]
         celery += ["--loglevel", "INFO", "--without-mingle", "--without-gossip", "--hostname", "demo@%h"]

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,26 +26,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from oarmorph.service_demo import free_port, redis_answers
+
 REPO = Path(__file__).resolve().parents[1]
 CELERY = Path(sys.executable).with_name("celery")
 PATIENT_SEED, PATIENT_INDEX = 12, 1  # a small HFS patient whose scan holds the whole head
 PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE = "Quixotic^Zebulon", "MRN-90210-QZX", "19511107"
 PHANTOM_MODEL = REPO / "models" / "phantom_proposed_cpu"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_answers(url: str) -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
-    except Exception:
-        return False
 
 
 def wait_for(check: Callable[[], object], timeout: float, interval: float = 0.2, what: str = "condition"):
