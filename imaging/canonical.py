@@ -250,11 +250,33 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     return a[: k * f, : j * f, : i * f].reshape(k, f, j, f, i, f).mean(axis=(1, 3, 5))
 
 
-def _weighted_mi(a: np.ndarray, b: np.ndarray, w: np.ndarray, bins: int = 24) -> float:
+MI_BINS = 24  # joint-histogram bins per image for window matching
+
+
+def intensity_bins(a: np.ndarray, bins: int = MI_BINS) -> np.ndarray:
+    """Each value's bin of ``bins`` equal bins over [0, 1], exactly as ``np.histogram2d(range=[0, 1])`` bins it.
+
+    ``window_shift`` bins each image once and scores every candidate shift on the shifted bin indices
+    (``weighted_mi``): histogramming the shifted values again was most of a case's preprocessing time.
+    """
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    flat = a.ravel()
+    idx = np.searchsorted(edges, flat, side="right") - 1
+    idx[flat == edges[-1]] = bins - 1  # numpy's histogram counts the last edge into the last bin
+    idx[(flat < 0.0) | (flat > 1.0)] = -1  # outside the range: not counted (as numpy's histogram)
+    return idx.reshape(a.shape).astype(np.int16)
+
+
+def weighted_mi(a_bins: np.ndarray, b_bins: np.ndarray, w: np.ndarray, bins: int = MI_BINS) -> float:
+    """Mutual information of two binned images (``intensity_bins``) under voxel weights ``w``."""
     if w.sum() < 50:
         return -np.inf
-    joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins, range=[[0, 1], [0, 1]], weights=w.ravel())
-    joint /= joint.sum()
+    a, b, weights = a_bins.ravel(), b_bins.ravel(), w.ravel()
+    inside = (a >= 0) & (b >= 0)
+    if not inside.all():
+        a, b, weights = a[inside], b[inside], weights[inside]
+    joint = np.bincount(a.astype(np.int64) * bins + b, weights=weights, minlength=bins * bins)
+    joint = joint.reshape(bins, bins) / joint.sum()
     pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
     nz = joint > 0
     return float((joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum())
@@ -309,18 +331,19 @@ def window_shift(
     """
 
     def best(scale: int, centre: tuple[int, int], radius: tuple[int, int], step: int) -> tuple[int, int]:
-        img, kn = _block_mean(image, scale), _block_mean(known, scale)
-        a_img, a_kn = _block_mean(atlas_image, scale), _block_mean(atlas_known, scale)
+        img_bins, kn = intensity_bins(_block_mean(image, scale)), _block_mean(known, scale)
+        a_bins, a_kn = intensity_bins(_block_mean(atlas_image, scale)), _block_mean(atlas_known, scale)
         scored = []
         own = float(kn.sum())
         for dk in range(centre[0] - radius[0], centre[0] + radius[0] + 1, step):
             for dj in range(centre[1] - radius[1], centre[1] + radius[1] + 1, step):
-                s_img = shift_arrays(img, dk // scale, dj // scale)
                 s_kn = shift_arrays(kn, dk // scale, dj // scale)
                 overlap = s_kn * a_kn
                 if overlap.sum() < min_overlap * own:  # MI over a sliver of the case says nothing
                     continue
-                scored.append((_weighted_mi(s_img, a_img, overlap), -abs(dk) - abs(dj), dk, dj))
+                # zero-filled rows of the shifted bins (bin 0) have zero overlap weight: they count for nothing
+                s_bins = shift_arrays(img_bins, dk // scale, dj // scale)
+                scored.append((weighted_mi(s_bins, a_bins, overlap), -abs(dk) - abs(dj), dk, dj))
         if not scored:
             return centre
         top = max(scored)

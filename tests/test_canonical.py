@@ -312,3 +312,49 @@ def test_window_shift_undoes_a_known_shift_of_a_truncated_case(canonical_scans):
     known[:25] = 0.0  # OpenKBP-style truncation of the top
     case = case * known
     assert window_shift(case, known, atlas.image, atlas_known) == (10, -4)
+
+
+def test_binned_mutual_information_is_numpys_histogram_mutual_information():
+    """window_shift bins each image once; the MI must be that of np.histogram2d on the values, to the bit."""
+    from imaging.canonical import MI_BINS, intensity_bins, weighted_mi
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        a = rng.random((12, 10, 8)).astype(np.float32)
+        b = rng.random((12, 10, 8)).astype(np.float32)
+        a[0, 0, :5] = np.array([0.0, 1.0, 1 / 24, 0.5, 23 / 24], np.float32)  # on bin edges, both ends
+        b[rng.random(b.shape) < 0.2] = 1.0
+        w = rng.random(a.shape).astype(np.float32)
+        joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=MI_BINS, range=[[0, 1], [0, 1]], weights=w.ravel())
+        joint /= joint.sum()
+        pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+        nz = joint > 0
+        expected = float((joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum())
+        assert weighted_mi(intensity_bins(a), intensity_bins(b), w) == expected
+    assert weighted_mi(intensity_bins(a), intensity_bins(b), np.zeros_like(w)) == -np.inf
+
+
+@pytest.mark.parametrize(("shape", "block"), [((16, 16, 16), 4), ((13, 10, 7), 4), ((9, 6, 5), 2), ((8, 8, 8), 1)])
+def test_block_bounds_find_exactly_the_voxels_a_brute_force_test_finds(shape, block):
+    """warp_masks_to_patient's shortcut (FieldBlockBounds) must give the box the full per-voxel test gives."""
+    from imaging.warp import FieldBlockBounds
+
+    rng = np.random.default_rng(3)
+    grid = np.indices(shape, dtype=np.float32)
+    y = grid + rng.normal(0.0, 1.5, size=(3, *shape)).astype(np.float32)  # a rough pull map
+    bounds = FieldBlockBounds(y, block)
+    for _ in range(40):
+        lo = rng.uniform(-2, max(shape), 3)
+        hi = lo + rng.uniform(0, 6, 3)
+        inside = np.ones(shape, bool)
+        for c in range(3):
+            inside &= (y[c] >= lo[c]) & (y[c] <= hi[c])
+        got = bounds.voxels_landing_in(y, lo, hi)
+        if not inside.any():
+            assert got is None
+            continue
+        nz = np.nonzero(inside)
+        np.testing.assert_array_equal(got[0], [v.min() for v in nz])
+        np.testing.assert_array_equal(got[1], [v.max() for v in nz])
+    with pytest.raises(ValueError):
+        FieldBlockBounds(y, 3)
