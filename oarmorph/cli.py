@@ -334,11 +334,24 @@ def cache_cohort(
 
 
 @app.command("train")
-def train_command(config: Annotated[Path, typer.Argument(help="Training configuration (YAML).")]) -> None:
+def train_command(
+    config: Annotated[Path, typer.Argument(help="Training configuration (YAML).")],
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            min=1,
+            help="Stop at this step this time instead of the config's (a CPU budget); a later run resumes from it.",
+        ),
+    ] = None,
+) -> None:
     """Train a cascade (resumes from the run folder's latest checkpoint)."""
     from training.train import TrainConfig, train
 
-    run = train(TrainConfig.load(config), log=typer.echo)
+    cfg = TrainConfig.load(config)
+    if steps is not None:
+        cfg.steps = steps
+    run = train(cfg, log=typer.echo)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run, not one per rank
         typer.echo(f"done: {run}")
 

@@ -190,3 +190,25 @@ def test_each_rank_has_its_own_fixed_seed():
     assert rank_seed(7, 0) == 7  # a one-process run is unchanged
     seeds = [rank_seed(7, r) for r in range(8)]
     assert len(set(seeds)) == 8 and seeds == [rank_seed(7, r) for r in range(8)]
+
+
+def test_the_train_command_stops_at_steps_and_resumes_to_the_configs_end(caches):
+    """`oarmorph train CONFIG --steps N` spends a CPU budget: it stops at N, and the next run goes on from there."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from oarmorph.cli import app
+
+    config = caches / "cfg.json"
+    config.write_text(json.dumps(tiny_config_dict(caches, 12)))
+    runner = CliRunner()
+    first = runner.invoke(app, ["train", str(config), "--steps", "5"])
+    assert first.exit_code == 0, first.output
+    run = caches / "runs" / "t"
+    assert torch.load(run / "latest.pt", weights_only=False)["state"]["step"] == 5
+    second = runner.invoke(app, ["train", str(config)])
+    assert second.exit_code == 0, second.output
+    assert "resumed at step 5" in second.output
+    assert torch.load(run / "latest.pt", weights_only=False)["state"]["step"] == 12
+    assert len(_losses(run)) == 12
