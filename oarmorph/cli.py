@@ -896,6 +896,13 @@ def bench_registration_command(
         typer.Option("--methods", help="Comma-separated: oarmorph,oarmorph-gpu,affine,ants,elastix,simpleitk,none."),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N patients per cohort.")] = None,
+    method_limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method-limit",
+            help="METHOD=N: that method on the first N patients of each cohort only (repeat; e.g. elastix=10).",
+        ),
+    ] = None,
     openkbp: Annotated[Path | None, typer.Option("--openkbp", help="OpenKBP validation folder.")] = None,
     phantom_cohort: Annotated[
         Path | None, typer.Option("--phantom-cohort", help="A phantom cohort folder (its test split).")
@@ -922,12 +929,14 @@ def bench_registration_command(
 
     plots = plots_dir or command.DEFAULT_PLOTS
     try:
+        method_limits = command.parse_method_limits(method_limit or [])
         results = command.bench_registration(
             quick=quick,
             threads=threads,
             cohorts=cohort or command.COHORTS,
             methods=methods.split(",") if methods else None,
             limit=limit,
+            method_limits=method_limits,
             openkbp_dir=openkbp,
             phantom_dir=phantom_cohort,
             phantom_size=phantom_size,

@@ -403,3 +403,23 @@ def test_a_quick_run_of_no_registration_and_the_affine_stage_on_synthetic_patien
     written = R.write_report(results, tmp_path / "benchmarks.md", tmp_path / "plots", tmp_path / "r.json")
     assert all(p.is_file() for p in written)
     assert "ANTs SyN (antspyx is not installed" in (tmp_path / "benchmarks.md").read_text()
+
+    # a slow method on the first patients only: its records, its patient count and the report say so
+    limited = run_module.run_benchmark(
+        [cohort], ["affine", "none"], 1, True, log=lambda s: None, method_limits={"none": 1}
+    )["cohorts"]["phantom"]
+    assert [r["case"] for r in limited["records"] if r["method"] == "no registration"] == ["syn0"]
+    assert [r["case"] for r in limited["records"] if r["method"] == "oarmorph affine stage"] == ["syn0", "syn1"]
+    assert limited["methods"]["no registration"]["patients_limit"] == 1
+    assert limited["summary"]["no registration"]["cases"] == 1
+    text = R.render_markdown({"meta": results["meta"], "cohorts": {"phantom": limited}}, {})
+    assert "no registration: 1 of 2" in text
+
+
+def test_method_limits_are_parsed_or_refused():
+    from benchmarks.registration.command import parse_method_limits
+
+    assert parse_method_limits(["elastix=10", "ants=3"]) == {"elastix": 10, "ants": 3}
+    for bad in ("elastix", "elastix=0", "elastix=x"):
+        with pytest.raises(ValueError, match="METHOD=N"):
+            parse_method_limits([bad])

@@ -27,6 +27,7 @@ def bench_registration(
     cohorts: Sequence[str] = COHORTS,
     methods: Sequence[str] | None = None,
     limit: int | None = None,
+    method_limits: dict[str, int] | None = None,
     openkbp_dir: Path | None = None,
     phantom_dir: Path | None = None,
     phantom_size: str = "small",
@@ -57,7 +58,7 @@ def bench_registration(
     from .run import run_benchmark
 
     keys = list(methods or M.DEFAULT_METHODS)
-    unknown = [k for k in keys if k not in M.METHODS]
+    unknown = [k for k in [*keys, *(method_limits or {})] if k not in M.METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(M.METHODS)}")
     bad = [c for c in cohorts if c not in COHORTS]
@@ -75,10 +76,21 @@ def bench_registration(
             chosen.append(found)
         else:
             chosen.append(C.phantom_cohort(n, phantom_dir, phantom_size, phantom_model or C.PHANTOM_MODEL))
-    results = run_benchmark(chosen, keys, threads, quick, skipped, log, note)
+    results = run_benchmark(chosen, keys, threads, quick, skipped, log, note, method_limits)
     for path in write_report(results, markdown, plots_dir, json_path):
         log(f"wrote {path}")
     return results
+
+
+def parse_method_limits(items: Sequence[str]) -> dict[str, int]:
+    """``["elastix=10", ...]`` -> ``{"elastix": 10}`` (the slow methods on the first N patients only)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"--method-limit takes METHOD=N with N >= 1, got {item!r}")
+        out[key.strip()] = int(value)
+    return out
 
 
 def summary_lines(results: dict) -> list[str]:

@@ -148,6 +148,10 @@ def elastix_parameter_object(resolutions: int = 4, iterations: int | None = None
         pm = po.GetDefaultParameterMap(name, resolutions)
         pm["WriteResultImage"] = ["false"]
         pm["RandomSeed"] = [str(SEED)]
+        # The B-spline map's bending-energy penalty, evaluated on several threads, crashes elastix (a segmentation
+        # fault inside _ElastixPython, itk-elastix 0.25.4, 128^3 images, 2 threads; 1 thread or no penalty run).
+        # Its metrics then run on one thread; the rest of elastix (pyramids, sampling, resampling) keeps them all.
+        pm["UseMultiThreadingForMetrics"] = ["false"]
         if iterations is not None:
             pm["MaximumNumberOfIterations"] = [str(iterations)]
         po.AddParameterMap(pm)

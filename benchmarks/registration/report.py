@@ -45,6 +45,7 @@ def summary_table(cohort: dict) -> list[str]:
     head = [
         "Method",
         "Method type",
+        "Patients",
         "Mean Dice",
         "HD95 (mm)",
         "\\|J\\| ≤ 0 (%)",
@@ -61,6 +62,7 @@ def summary_table(cohort: dict) -> list[str]:
         cells = [
             name,
             kind,
+            str(s["cases"]),
             _fmt(s["mean_dice"]),
             _pm(s["hd95_mm_mean"], s["hd95_mm_sd"], 1),
             _pm(s["nonpositive_jacobian_percent_mean"], s["nonpositive_jacobian_percent_sd"], 3),
@@ -282,6 +284,14 @@ def render_markdown(results: dict, plot_names: dict[str, dict[str, str]], json_n
         skipped = [(n, m["reason"]) for n, m in cohort["methods"].items() if not m["ran"]]
         if skipped:
             lines += ["Not run here: " + "; ".join(f"{n} ({r})" for n, r in skipped) + ".", ""]
+        limited = [(n, m["patients_limit"]) for n, m in cohort["methods"].items() if m.get("patients_limit")]
+        if limited:
+            lines += [
+                "On the first patients only (`--method-limit`, for time): "
+                + "; ".join(f"{n}: {k} of {len(cohort['cases'])}" for n, k in limited)
+                + ". Their means are over those patients; the other methods' over all.",
+                "",
+            ]
         if not cohort["records"]:
             lines += ["No results.", ""]
             continue

@@ -180,7 +180,11 @@ def timing(records: list[dict], reference: str | None) -> dict:
     return out
 
 
-def run_cohort(cohort: Cohort, keys: Sequence[str], threads: int, log: Log = print) -> dict:
+def run_cohort(
+    cohort: Cohort, keys: Sequence[str], threads: int, log: Log = print, method_limits: dict[str, int] | None = None
+) -> dict:
+    """Every method on every patient of the cohort; a method in ``method_limits`` on its first N patients only."""
+    limits = dict(method_limits or {})
     learned = [k for k in keys if M.METHODS[k].needs_model]
     loaded = LoadedCohort(cohort, threads, want_model=bool(learned))
     methods: dict[str, dict] = {}
@@ -191,6 +195,8 @@ def run_cohort(cohort: Cohort, keys: Sequence[str], threads: int, log: Log = pri
         if reason is None and info.needs_model and key != "oarmorph-gpu" and loaded.register is None:
             reason = loaded.model_reason or "the model could not be loaded"
         methods[info.name] = {"key": key, "kind": info.kind, "ran": reason is None, "reason": reason}
+        if key in limits and limits[key] < len(cohort.cases):
+            methods[info.name]["patients_limit"] = limits[key]
         if reason is not None:
             log(f"{cohort.key}: {info.name} skipped: {reason}")
             continue
@@ -199,7 +205,8 @@ def run_cohort(cohort: Cohort, keys: Sequence[str], threads: int, log: Log = pri
     records, failures = [], []
     for n, case in enumerate(cohort.cases):
         log(f"{cohort.key} {n + 1}/{len(cohort.cases)} {case.case_id}")
-        recs, fails = run_case(case, adapters, loaded.atlas, loaded.align_windows, log)
+        here = {name: fn for name, fn in adapters.items() if n < limits.get(methods[name]["key"], len(cohort.cases))}
+        recs, fails = run_case(case, here, loaded.atlas, loaded.align_windows, log)
         records += recs
         failures += fails
     oars = table_oars(loaded.atlas.oars, records)
@@ -229,6 +236,7 @@ def run_benchmark(
     skipped_cohorts: dict[str, str] | None = None,
     log: Log = print,
     note: str = "",
+    method_limits: dict[str, int] | None = None,
 ) -> dict:
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
@@ -244,13 +252,14 @@ def run_benchmark(
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "load_average_start": [round(v, 2) for v in load_before],
             "note": note,
+            "method_limits": dict(method_limits or {}),
         },
         "cohorts": {},
         "skipped_cohorts": dict(skipped_cohorts or {}),
     }
     for cohort in cohorts:
         try:
-            result["cohorts"][cohort.key] = run_cohort(cohort, keys, threads, log)
+            result["cohorts"][cohort.key] = run_cohort(cohort, keys, threads, log, method_limits)
         except ModelBundleError as exc:  # its atlas is not there (e.g. the OpenKBP bundle not rebuilt)
             result["skipped_cohorts"][cohort.key] = str(exc)
             log(f"{cohort.key}: skipped: {exc}")
