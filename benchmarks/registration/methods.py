@@ -8,7 +8,8 @@ what a user of each tool would do by default:
   default schedule; the composite transform composed by ANTs itself (``fields.ants_transforms_to_field``).
 * elastix (itk-elastix): elastix's default ``affine`` then ``bspline`` parameter maps (AdvancedMattesMutualInformation,
   4 resolutions, adaptive stochastic gradient descent, B-spline grid 10 mm with a bending-energy penalty), the
-  usual radiotherapy set-up; transformix's deformation field.
+  usual radiotherapy set-up; transformix's deformation field. Its metrics run on one thread (see
+  ``elastix_parameter_object``), the rest of elastix on all.
 * SimpleITK: what its registration notebooks do: a centre-of-mass initialised affine (Mattes MI, regular-step
   gradient descent, 3 levels), then multi-resolution diffeomorphic demons on the affinely resampled atlas; the
   composite sampled. (Its B-spline with Mattes MI took 2-3 minutes on a 64^3 test image on one thread, and its

@@ -228,7 +228,8 @@ METHOD_NOTES = [
     "schedule; the composite composed by `antsApplyTransforms` |",
     "| elastix | itk-elastix, elastix's default `affine` then `bspline` maps: AdvancedMattesMutualInformation, "
     "4 resolutions, adaptive stochastic gradient descent, 10 mm B-spline grid with a bending-energy penalty; "
-    "transformix's deformation field |",
+    "transformix's deformation field; its metrics on one thread (`UseMultiThreadingForMetrics false`: the penalty "
+    "on 2 threads crashes itk-elastix 0.25.4 here) |",
     "| SimpleITK | centre-of-mass initialised affine (Mattes MI on 5 % random samples, regular-step gradient "
     "descent, shrink 4-2-1), then diffeomorphic demons (histogram matched, 3 levels, 40-20-10 iterations, "
     "field sigma 4 mm) |",
