@@ -262,7 +262,7 @@ def test_the_report_writes_tables_targets_and_both_plots(tmp_path):
     written = R.write_report(results, md, plots, plots / "registration.json")
     text = md.read_text()
     assert "Quick smoke run" in text and "Test CPU, 2 cores" in text
-    assert "| Method | Method type | Mean Dice | HD95 (mm) |" in text
+    assert "| Method | Method type | Patients | Mean Dice | HD95 (mm) |" in text
     assert "| oarmorph (ONNX, CPU) | learned cascade, ONNX Runtime CPU | " in text
     assert "time / oarmorph, case" in text and "| 100x |" in text  # ANTs' registration: 60 s / 0.6 s
     assert "Mean Dice: oarmorph" in text and "**met**" in text  # the made-up model beats ANTs here
