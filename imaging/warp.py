@@ -17,9 +17,11 @@ glottis in larynx) are kept as they are.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 from .volume import Geometry
@@ -210,8 +212,9 @@ def warp_masks_to_patient(
     grid_kji = np.indices(fixed_frame.shape, dtype=np.float32)
     y_kji_grid = grid_kji + displacement  # where each fixed canonical voxel samples the atlas canonical grid
     blocks = FieldBlockBounds(y_kji_grid)
-    result: dict[str, WarpedMask] = {}
-    for name, (full_mask, full_geometry) in atlas_masks.items():
+
+    def warp_one(item: tuple[str, tuple[np.ndarray, Geometry]]) -> WarpedMask:
+        full_mask, full_geometry = item[1]
         cropped = crop_to_content(full_mask, full_geometry)  # cheap when the atlas bundle stores cropped masks
         found = None
         if cropped is not None:
@@ -219,10 +222,9 @@ def warp_masks_to_patient(
             box = _mask_box_lps(mask, mask_geometry)
             found = _patient_box(box, y_kji_grid, fixed_frame, atlas_frame, patient, margin_mm, blocks)
         if found is None:
-            result[name] = WarpedMask(
+            return WarpedMask(
                 (0, 0, 0), np.zeros((0, 0, 0), np.uint8), patient.shape, patient.voxel_volume_mm3, False, False
             )
-            continue
         p_lo, p_hi, reaches_border, cut = found
         sub = patient.sub_grid(tuple(p_lo), tuple(p_hi))
         values = _sample_mask_on_grid(
@@ -230,15 +232,25 @@ def warp_masks_to_patient(
         )
         warped = (values >= threshold).astype(np.uint8)
         touches = cut and _touches_clipped_faces(warped, p_lo, p_hi, np.array(patient.shape))
-        result[name] = WarpedMask(
-            tuple(int(v) for v in p_lo),
+        return WarpedMask(
+            tuple(int(v) for v in p_lo),  # type: ignore[arg-type]
             warped,
             patient.shape,
             patient.voxel_volume_mm3,
             reaches_border and bool(warped.any()),
             touches,
-        )  # type: ignore[arg-type]
-    return result
+        )
+
+    items = list(atlas_masks.items())
+    # scipy's interpolation releases the GIL: OARs in parallel on the threads SimpleITK is allowed (the one thread
+    # setting of the imaging layer; the benchmarks and the worker pin it), each OAR exactly as alone
+    workers = min(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), len(items))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            warped = list(pool.map(warp_one, items))
+    else:
+        warped = [warp_one(item) for item in items]
+    return {name: w for (name, _), w in zip(items, warped, strict=True)}
 
 
 def _touches_clipped_faces(mask: np.ndarray, lo: np.ndarray, hi: np.ndarray, grid: np.ndarray) -> bool:

@@ -8,12 +8,13 @@ here as in training.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from anatomy.bundle import AtlasBundle, load_bundle
-from imaging.canonical import DEFAULT_SPEC, CanonicalFrame, CanonicalSpec, known_mask, to_canonical
+from imaging.canonical import DEFAULT_SPEC, CanonicalFrame, CanonicalSpec, WindowReference, known_mask, to_canonical
 from imaging.volume import Geometry
 
 
@@ -30,6 +31,11 @@ class SegmentationAtlas:
     @property
     def oars(self) -> list[str]:
         return list(self.masks)
+
+    @cached_property
+    def window_reference(self) -> WindowReference:
+        """Its side of every patient's window matching, made once (``imaging.canonical.window_shift``)."""
+        return WindowReference.of(self.image, self.known)
 
 
 def atlas_from_bundle(bundle: AtlasBundle, spec: CanonicalSpec = DEFAULT_SPEC) -> SegmentationAtlas:

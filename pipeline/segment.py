@@ -1,7 +1,7 @@
 """``segment_ct``: a CT to one mask per atlas OAR on the CT's own grid, the one inference path.
 
     CT --to_canonical--> fixed canonical image (128^3, [0, 1])
-       --window_shift onto the atlas (when the model was trained so)--> the same CT, window moved, resampled again
+       --window_shift onto the atlas (when the model was trained so)--> the same CT, window moved (new rows resampled)
        --register (the model: numpy in, numpy out)--> pull field (3, 128, 128, 128) in canonical voxels
        --warp_masks_to_patient--> every atlas OAR on the patient grid, with its flags
 
@@ -22,9 +22,9 @@ import numpy as np
 from imaging.canonical import (
     DEFAULT_SPEC,
     CanonicalFrame,
+    CanonicalSampler,
     CanonicalSpec,
     known_mask,
-    shift_frame,
     to_canonical,
     window_shift,
 )
@@ -71,11 +71,12 @@ def align_window(
     ct: Volume, atlas: SegmentationAtlas, spec: CanonicalSpec = DEFAULT_SPEC
 ) -> tuple[np.ndarray, CanonicalFrame, tuple[int, int]]:
     """The canonical image on the window that best matches the atlas's, that window, and the shift found."""
-    can = to_canonical(ct, spec)
-    dk, dj = window_shift(can.image, known_mask(ct, can), atlas.image, atlas.known)
+    sampler = CanonicalSampler(ct, spec)
+    can = sampler.image()
+    dk, dj = window_shift(can.image, known_mask(ct, can), atlas.window_reference)
     if (dk, dj) == (0, 0):
         return can.image, can.frame, (0, 0)
-    moved = to_canonical(ct, spec, shift_frame(can.frame, dk, dj))
+    moved = sampler.shifted(can, dk, dj)  # = to_canonical(ct, spec, shift_frame(can.frame, dk, dj)), cheaper
     return moved.image, moved.frame, (int(dk), int(dj))
 
 

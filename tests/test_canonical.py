@@ -303,7 +303,7 @@ def test_openkbp_truncated_ct_is_flagged(shared_data_dir):
 
 
 def test_window_shift_undoes_a_known_shift_of_a_truncated_case(canonical_scans):
-    from imaging.canonical import shift_arrays, window_shift
+    from imaging.canonical import WindowReference, shift_arrays, window_shift
 
     _, _, atlas = canonical_scans["HFS"]
     atlas_known = np.ones_like(atlas.image)
@@ -311,7 +311,76 @@ def test_window_shift_undoes_a_known_shift_of_a_truncated_case(canonical_scans):
     known = shift_arrays(atlas_known, -10, 4)
     known[:25] = 0.0  # OpenKBP-style truncation of the top
     case = case * known
-    assert window_shift(case, known, atlas.image, atlas_known) == (10, -4)
+    assert window_shift(case, known, WindowReference.of(atlas.image, atlas_known)) == (10, -4)
+
+
+def _window_shift_by_shifted_copies(image, known, atlas_image, atlas_known, max_shift=(40, 16), min_overlap=0.7):
+    """The search as first written: every candidate scored on zero-filled shifted copies (the reference)."""
+    from imaging.canonical import intensity_bins, shift_arrays, weighted_mi
+
+    def block_mean(a, f):
+        k, j, i = (n // f for n in a.shape)
+        return a[: k * f, : j * f, : i * f].reshape(k, f, j, f, i, f).mean(axis=(1, 3, 5))
+
+    def best(scale, centre, radius, step):
+        img_bins, kn = intensity_bins(block_mean(image, scale)), block_mean(known, scale)
+        a_bins, a_kn = intensity_bins(block_mean(atlas_image, scale)), block_mean(atlas_known, scale)
+        scored, own = [], float(kn.sum())
+        for dk in range(centre[0] - radius[0], centre[0] + radius[0] + 1, step):
+            for dj in range(centre[1] - radius[1], centre[1] + radius[1] + 1, step):
+                overlap = shift_arrays(kn, dk // scale, dj // scale) * a_kn
+                if overlap.sum() < min_overlap * own:
+                    continue
+                s_bins = shift_arrays(img_bins, dk // scale, dj // scale)
+                scored.append((weighted_mi(s_bins, a_bins, overlap), -abs(dk) - abs(dj), dk, dj))
+        return max(scored)[2:] if scored else centre
+
+    return tuple(best(2, best(4, (0, 0), max_shift, 4), (4, 4), 2))
+
+
+@pytest.mark.parametrize("scan", ["FFS", "HFS far origin, anisotropic", "FFS far origin, anisotropic"])
+@pytest.mark.parametrize("dk, dj, cut", [(-10, 4, 25), (7, -3, 0), (0, 0, 40)])
+def test_window_shift_finds_what_scoring_shifted_copies_finds(canonical_scans, scan, dk, dj, cut):
+    """The search scores views of the overlap instead of shifted copies: the same shift, found faster."""
+    from imaging.canonical import WindowReference, known_mask, shift_arrays, window_shift
+
+    atlas_ct, _, atlas = canonical_scans["HFS"]
+    ct, _, can = canonical_scans[scan]
+    atlas_known = known_mask(atlas_ct, atlas)
+    known = shift_arrays(known_mask(ct, can), dk, dj)
+    known[:cut] = 0.0  # OpenKBP-style truncation of the top
+    rng = np.random.default_rng(3)
+    noisy = np.clip(can.image + rng.normal(0.0, 0.05, can.image.shape).astype(np.float32), 0.0, 1.0)
+    image = shift_arrays(noisy, dk, dj) * known
+    expected = _window_shift_by_shifted_copies(image, known, atlas.image, atlas_known)
+    assert window_shift(image, known, WindowReference.of(atlas.image, atlas_known)) == expected
+
+
+@pytest.mark.parametrize("f", [2, 4])
+def test_block_means_are_the_means_of_the_blocks(f):
+    from imaging.canonical import _block_mean
+
+    a = np.random.default_rng(f).random((18, 16, 12), dtype=np.float32)
+    k, j, i = (n // f for n in a.shape)
+    expected = a[: k * f, : j * f, : i * f].reshape(k, f, j, f, i, f).astype(np.float64).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(_block_mean(a, f), expected, rtol=2e-6)
+
+
+@pytest.mark.parametrize("scan", ["HFS", "FFS far origin, anisotropic"])
+@pytest.mark.parametrize("dk, dj", [(14, -2), (-9, 6), (0, 5), (-44, 0), (3, 0)])
+def test_a_shifted_window_is_the_window_of_the_shifted_frame(canonical_scans, scan, dk, dj):
+    """``CanonicalSampler.shifted`` moves the arrays and samples only the uncovered rows: to the bit what
+    ``to_canonical`` gives on the moved frame (the same sample points, the same anti-aliased CT)."""
+    from imaging.canonical import CanonicalSampler, shift_frame
+
+    ct, _, _ = canonical_scans[scan]
+    sampler = CanonicalSampler(ct)
+    can = sampler.image()
+    moved = sampler.shifted(can, dk, dj)
+    direct = to_canonical(ct, frame=shift_frame(can.frame, dk, dj))
+    assert moved.frame == direct.frame
+    np.testing.assert_array_equal(moved.image, direct.image)
+    np.testing.assert_array_equal(moved.fov_mask, direct.fov_mask)
 
 
 def test_binned_mutual_information_is_numpys_histogram_mutual_information():
@@ -358,3 +427,12 @@ def test_block_bounds_find_exactly_the_voxels_a_brute_force_test_finds(shape, bl
         np.testing.assert_array_equal(got[1], [v.max() for v in nz])
     with pytest.raises(ValueError):
         FieldBlockBounds(y, 3)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
+def test_the_body_opening_is_scipys_binary_opening(fraction):
+    from imaging.body import open_6_connected
+
+    mask = np.random.default_rng(int(fraction * 10)).random((20, 23, 17)) < fraction
+    expected = ndimage.binary_opening(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=1)
+    np.testing.assert_array_equal(open_6_connected(mask), expected)
