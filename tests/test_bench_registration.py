@@ -5,7 +5,6 @@ so (``pip install -e '.[bench]'``, which ``make bench`` does)."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import sys
@@ -326,13 +325,14 @@ def test_the_report_says_plainly_when_the_targets_are_not_met():
 def tiny_model(tmp_path_factory):
     """A tiny cascade exported as ONNX against an analytic atlas: its affine stage moves the atlas by a known
     translation along k."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
+    from tiny_cohort import save_tiny_cascade, tiny_cascade_config
+
     from anatomy.bundle import write_bundle
     from model_export.export import export_model
     from phantom.analytic import body_volume, landmark_volume, patient_grid
-    from training.train import TrainConfig, build_model
 
     root = tmp_path_factory.mktemp("bench")
     ct = body_volume(patient_grid(spacing=(3.0, 3.0, 4.0)))
@@ -340,17 +340,8 @@ def tiny_model(tmp_path_factory):
     bundle = write_bundle(
         root / "atlas", "synthetic atlas", ct, {n: landmark_volume(ct.geometry, m).array for n, m in marks.items()}
     )
-    cfg = TrainConfig(
-        name="tiny",
-        oars=list(marks),
-        image_shape=(32, 32, 32),
-        model={"net_shape": [16, 16, 16], "affine_widths": [8, 8, 8]},
-    )
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.affine_net.head.bias[9] = 0.05  # 0.5 voxel of 32^3 along k: 2 canonical voxels
-    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(cfg), "atlas_case": "case0"}, root / "c.pt")
+    # affine bias 9: 0.5 voxel of 32^3 along k, 2 canonical voxels
+    save_tiny_cascade(root / "c.pt", tiny_cascade_config(list(marks)), affine_bias={9: 0.05})
     export_model(root / "c.pt", bundle.path, root / "model", "tiny", "1.0.0", True, log=lambda s: None)
     return root / "model", marks
 

@@ -4,7 +4,6 @@ model.onnx without torch."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -20,6 +19,8 @@ from typer.testing import CliRunner
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
+
+from tiny_cohort import save_tiny_cascade, tiny_cascade_config  # noqa: E402
 
 from anatomy.bundle import write_bundle  # noqa: E402
 from imaging.canonical import DEFAULT_SPEC, FIELD_CONVENTION  # noqa: E402
@@ -37,7 +38,6 @@ from model_export.parity import run_parity  # noqa: E402
 from model_export.runtime import OnnxRegister, RuntimeUnavailableError, gridsample_providers  # noqa: E402
 from oarmorph.cli import app  # noqa: E402
 from phantom.analytic import body_volume, landmark_volume, patient_grid  # noqa: E402
-from training.train import TrainConfig, build_model  # noqa: E402
 
 runner = CliRunner()
 OARS = {"Brainstem": "stem", "Parotid_L": "gland_l", "Eye_R": "eye_r"}  # catalogue name -> analytic landmark
@@ -56,34 +56,18 @@ def _bundle(folder: Path, ct, name: str = "synthetic atlas"):
 def _checkpoint(path: Path) -> Path:
     """A tiny cascade (32^3 images, 16^3 networks) whose fields are far from the identity: an affine translation
     and random velocity heads, so that parity compares displacements of several voxels."""
-    cfg = TrainConfig(
-        name="tiny",
-        oars=list(OARS),
-        image_shape=(32, 32, 32),
-        model={"net_shape": [16, 16, 16], "affine_widths": [8, 8, 8]},
-    )
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.affine_net.head.bias[9] = 0.15  # 1.5 voxels of 32^3 along k: 6 canonical voxels
-        model.affine_net.head.bias[0] = 0.03
-        for net in model.dense_nets:
-            net.mean.weight.normal_(0.0, 0.05)
     history = [
         {"step": s, "cascade": {"per_oar": {"Brainstem": d}, "mean": d}, "affine": {"mean": d / 2}}
         for s, d in ((10, 0.4), (20, 0.6), (30, 0.5))
     ]
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": {"unused": True},
-            "config": dataclasses.asdict(cfg),
-            "atlas_case": "case0",
-            "state": {"step": 30, "best": 0.6, "history": history},
-        },
+    # bias 9: 1.5 voxels of 32^3 along k (6 canonical voxels)
+    return save_tiny_cascade(
         path,
+        tiny_cascade_config(list(OARS)),
+        affine_bias={9: 0.15, 0: 0.03},
+        velocity_std=0.05,
+        state={"step": 30, "best": 0.6, "history": history},
     )
-    return path
 
 
 @pytest.fixture(scope="module")

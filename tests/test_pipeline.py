@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 
@@ -12,6 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
+
+from tiny_cohort import save_tiny_cascade, tiny_cascade_config  # noqa: E402
 
 from anatomy.bundle import write_bundle  # noqa: E402
 from imaging.canonical import shift_arrays, shift_frame, to_canonical  # noqa: E402
@@ -60,23 +61,13 @@ def atlas(atlas_ct, tmp_path_factory):
 
 
 def _config(**kw) -> TrainConfig:
-    return TrainConfig(
-        name="tiny",
-        oars=list(OARS),
-        image_shape=(32, 32, 32),
-        model={"net_shape": [16, 16, 16], "affine_widths": [8, 8, 8]},
-        **kw,
-    )
+    return tiny_cascade_config(list(OARS), **kw)
 
 
 def _checkpoint(path, cfg: TrainConfig, translation_k: float = 0.0):
     """A checkpoint as training writes it; the affine head's bias moves the atlas by a known translation."""
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.affine_net.head.bias[9] = translation_k / cfg.model.get("affine_translation_scale", 10.0)
-    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(cfg), "atlas_case": "case0"}, path)
-    return path
+    scale = cfg.model.get("affine_translation_scale", 10.0)
+    return save_tiny_cascade(path, cfg, affine_bias={9: translation_k / scale})
 
 
 # --- the field's way from the training grid to the canonical grid -----------------------------------------------

@@ -59,6 +59,47 @@ def tiny_config_dict(caches: Path, steps: int, **overrides) -> dict:
     }
 
 
+TINY_MODEL = {"net_shape": [16, 16, 16], "affine_widths": [8, 8, 8]}
+
+
+def tiny_cascade_config(oars: list[str], **overrides):
+    """The TrainConfig of a tiny cascade (32^3 images, 16^3 networks) for checkpoints made without training."""
+    from training.train import TrainConfig
+
+    return TrainConfig(name="tiny", oars=list(oars), image_shape=SHAPE, model=dict(TINY_MODEL), **overrides)
+
+
+def save_tiny_cascade(
+    path: Path,
+    cfg,
+    affine_bias: dict[int, float] | None = None,
+    velocity_std: float | None = None,
+    state: dict | None = None,
+) -> Path:
+    """A checkpoint as training writes it, of a seeded untrained cascade whose fields are known: ``affine_bias``
+    sets entries of the affine head's bias (index 9: translation along k, in tenths of a 32^3 voxel by default),
+    ``velocity_std`` draws the dense blocks' velocity heads (displacements of several voxels)."""
+    import dataclasses
+
+    import torch
+
+    from training.train import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for index, value in (affine_bias or {}).items():
+            model.affine_net.head.bias[index] = value
+        if velocity_std is not None:
+            for net in model.dense_nets:
+                net.mean.weight.normal_(0.0, velocity_std)
+    ckpt = {"model": model.state_dict(), "config": dataclasses.asdict(cfg), "atlas_case": "case0"}
+    if state is not None:
+        ckpt.update({"optimizer": {"unused": True}, "state": state})
+    torch.save(ckpt, path)
+    return path
+
+
 # the keys of a checkpoint written before TensorBoard, DDP and devices (runs of that code must still resume)
 FIRST_LAYOUT = {"model", "optimizer", "state", "generator", "torch_rng", "python_rng", "config", "atlas_case"}
 
