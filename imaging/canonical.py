@@ -326,12 +326,7 @@ def weighted_mi(a_bins: np.ndarray, b_bins: np.ndarray, w: np.ndarray, bins: int
     if not inside.all():
         a, b, weights = a[inside], b[inside], weights[inside]
     joint = np.bincount(a.astype(np.int64) * bins + b, weights=weights, minlength=bins * bins)
-    return _mutual_information(joint.reshape(bins, bins))
-
-
-def _mutual_information(joint: np.ndarray) -> float:
-    """MI of a joint histogram (counts or weights, any scale)."""
-    joint = joint / joint.sum()
+    joint = joint.reshape(bins, bins) / joint.sum()
     pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
     nz = joint > 0
     return float((joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum())
@@ -386,16 +381,16 @@ class WindowReference:
     It depends on the atlas alone, so it is made once per atlas (``WindowReference.of``), not once per case.
     """
 
-    levels: dict[int, tuple[np.ndarray, np.ndarray]]  # scale -> (intensity bins as int64, known fraction)
+    levels: dict[int, tuple[np.ndarray, np.ndarray]]  # scale -> (intensity bins, known fraction)
 
     @classmethod
     def of(cls, atlas_image: np.ndarray, atlas_known: np.ndarray) -> WindowReference:
-        return cls({s: (_binned_blocks(atlas_image, s), _block_mean(atlas_known, s)) for s in WINDOW_SEARCH_SCALES})
-
-
-def _binned_blocks(image: np.ndarray, scale: int) -> np.ndarray:
-    # a canonical image is in [0, 1], so every block mean has a bin (clipped against a last-bit overshoot)
-    return intensity_bins(np.clip(_block_mean(image, scale), 0.0, 1.0)).astype(np.int64)
+        return cls(
+            {
+                s: (intensity_bins(_block_mean(atlas_image, s)), _block_mean(atlas_known, s))
+                for s in WINDOW_SEARCH_SCALES
+            }
+        )
 
 
 def window_shift(
@@ -416,8 +411,8 @@ def window_shift(
     """
 
     def best(scale: int, centre: tuple[int, int], radius: tuple[int, int], step: int) -> tuple[int, int]:
-        rows, kn = _binned_blocks(image, scale) * MI_BINS, _block_mean(known, scale)  # joint index: row + column
-        cols, a_kn = reference.levels[scale]
+        img_bins, kn = intensity_bins(_block_mean(image, scale)), _block_mean(known, scale)
+        a_bins, a_kn = reference.levels[scale]
         scored = []
         own = float(kn.sum())
         nk, nj = kn.shape[:2]
@@ -426,15 +421,9 @@ def window_shift(
             for dj in range(centre[1] - radius[1], centre[1] + radius[1] + 1, step):
                 src_j, dst_j = _overlap(nj, dj // scale)
                 overlap = kn[src_k, src_j] * a_kn[dst_k, dst_j]
-                weight = float(overlap.sum())
-                if weight < min_overlap * own:  # MI over a sliver of the case says nothing
+                if overlap.sum() < min_overlap * own:  # MI over a sliver of the case says nothing
                     continue
-                if weight < 50:
-                    mi = -np.inf
-                else:
-                    index = (rows[src_k, src_j] + cols[dst_k, dst_j]).ravel()
-                    joint = np.bincount(index, weights=overlap.ravel(), minlength=MI_BINS * MI_BINS)
-                    mi = _mutual_information(joint.reshape(MI_BINS, MI_BINS))
+                mi = weighted_mi(img_bins[src_k, src_j], a_bins[dst_k, dst_j], overlap)
                 scored.append((mi, -abs(dk) - abs(dj), dk, dj))
         if not scored:
             return centre

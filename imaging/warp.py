@@ -243,7 +243,8 @@ def warp_masks_to_patient(
 
     items = list(atlas_masks.items())
     # scipy's interpolation releases the GIL: OARs in parallel on the threads SimpleITK is allowed (the one thread
-    # setting of the imaging layer; the benchmarks and the worker pin it), each OAR exactly as alone
+    # setting of the imaging layer: the benchmarks pin it, elsewhere SimpleITK's default, every core), each OAR
+    # exactly as alone
     workers = min(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), len(items))
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:

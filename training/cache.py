@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from imaging.canonical import (
     DEFAULT_SPEC,
     CanonicalFrame,
     CanonicalSpec,
+    WindowReference,
     known_mask,
     mask_to_canonical,
     to_canonical,
@@ -39,6 +41,11 @@ class CachedCase:
     known: np.ndarray  # float32 [k, j, i]: 1 where the CT holds data (inside the scan and not blanked)
     masks: dict[str, np.ndarray]  # TG-263 name -> float32 soft mask in [0, 1]
     frame: CanonicalFrame
+
+    @cached_property
+    def window_reference(self) -> WindowReference:
+        """Its side of window matching when it is the atlas, made once (``imaging.canonical.window_shift``)."""
+        return WindowReference.of(self.image, self.known)
 
 
 def preprocess_case(case: CohortCase, spec: CanonicalSpec = DEFAULT_SPEC) -> CachedCase:

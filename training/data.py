@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imaging.canonical import WindowReference, shift_arrays, window_shift
+from imaging.canonical import shift_arrays, window_shift
 
 from .cache import CachedCase, load_cached
 
@@ -50,7 +50,7 @@ def load_case(
     cached = load_cached(path)
     shift = (0, 0)
     if align_to is not None and cached.case_id != align_to.case_id:
-        shift = window_shift(cached.image, cached.known, WindowReference.of(align_to.image, align_to.known))
+        shift = window_shift(cached.image, cached.known, align_to.window_reference)
 
     def moved(a: np.ndarray) -> np.ndarray:
         return shift_arrays(a, *shift) if shift != (0, 0) else a
