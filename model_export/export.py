@@ -31,8 +31,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from imaging.canonical import DEFAULT_SPEC, FIELD_CONVENTION
 from oarmorph import __version__
@@ -266,6 +268,83 @@ def dedupe_constants(proto: onnx.ModelProto) -> int:
     return len(rename)
 
 
+def _constant_values(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def merge_slices(proto: onnx.ModelProto) -> int:
+    """Fuse chains of constant Slices on distinct axes into one Slice; returns how many Slices were dropped.
+
+    The tracer writes a crop ``x[:, :, a:b, c:d, e:f]`` as three Slices, each copying the whole 128^3 field
+    (about a tenth of a CPU inference for the two fields); one Slice over the three axes copies it once and
+    selects the very same elements. Only a Slice whose output feeds nothing but the next Slice is fused."""
+    graph = proto.graph
+    values = _constant_values(proto)
+    outputs = {o.name for o in graph.output}
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+
+    def spec(node) -> list[np.ndarray] | None:
+        names = list(node.input[1:]) + [""] * (5 - len(node.input))
+        if not names[2] or any(n and n not in values for n in names):
+            return None
+        starts, ends, axes = (np.atleast_1d(values[n]).astype(np.int64) for n in names[:3])
+        steps = np.atleast_1d(values[names[3]]).astype(np.int64) if names[3] else np.ones_like(axes)
+        return [starts, ends, axes, steps]
+
+    dropped = 0
+    changed = True
+    while changed:
+        changed = False
+        for first in list(graph.node):
+            if first.op_type != "Slice" or first.output[0] in outputs or len(users.get(first.output[0], [])) != 1:
+                continue
+            second = users[first.output[0]][0]
+            a, b = spec(first), (spec(second) if second.op_type == "Slice" else None)
+            if (
+                a is None
+                or b is None
+                or set(a[2].tolist()) & set(b[2].tolist())
+                or (a[2] < 0).any()
+                or (b[2] < 0).any()
+            ):
+                continue
+            merged = [np.concatenate([x, y]) for x, y in zip(a, b, strict=True)]
+            names = []
+            for label, arr in zip(("starts", "ends", "axes", "steps"), merged, strict=True):
+                name = f"{second.output[0]}_merged_{label}"
+                graph.initializer.append(numpy_helper.from_array(arr, name))
+                values[name] = arr
+                names.append(name)
+            del second.input[:]
+            second.input.extend([first.input[0], *names])
+            users.setdefault(first.input[0], []).append(second)
+            users[first.input[0]].remove(first)
+            graph.node.remove(first)
+            dropped += 1
+            changed = True
+    _drop_unused_constants(proto)
+    return dropped
+
+
+def _drop_unused_constants(proto: onnx.ModelProto) -> None:
+    """Remove the initializers and Constant nodes no node reads any more (ONNX Runtime warns about each)."""
+    graph = proto.graph
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    dead = [n for n in graph.node if n.op_type == "Constant" and not set(n.output) & used]
+    for node in dead:
+        graph.node.remove(node)
+    unused = [i for i in graph.initializer if i.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
+
+
 def fix_output_shapes(proto: onnx.ModelProto) -> None:
     """State the outputs' static shapes in the graph (the tracer leaves some dimensions symbolic); strict shape
     inference in ``verify_onnx`` then checks that the graph agrees."""
@@ -348,6 +427,7 @@ def export_model(
         proto = onnx.load(str(raw))
     fix_output_shapes(proto)
     dropped = dedupe_constants(proto)
+    fused = merge_slices(proto)
     ops = verify_onnx(proto)
     card = build_card(
         name or out.name, version, ckpt, source_label or str(checkpoint), atlas, atlas_source, out, copy_atlas, model
@@ -370,7 +450,8 @@ def export_model(
     size = (out / ONNX_NAME).stat().st_size
     log(
         f"wrote {out / ONNX_NAME} ({size / 1e6:.2f} MB, opset {OPSET}, {sum(ops.values())} nodes, "
-        f"{ops.get('GridSample', 0)} GridSample, {dropped} duplicate constants merged), {out / 'card.json'}, "
+        f"{ops.get('GridSample', 0)} GridSample, {dropped} duplicate constants merged, {fused} Slices fused), "
+        f"{out / 'card.json'}, "
         f"{out / CHECKPOINT_NAME}"
         + (f", {target}" if copy_atlas else f" (atlas by reference: {card['atlas']['path_from_model_dir']})")
     )

@@ -106,6 +106,58 @@ def test_the_export_passes_the_full_checker_at_opset_20_and_carries_its_card(exp
     assert "optimizer" not in torch.load(out / "checkpoint.pt", weights_only=False)  # weights, config, history
 
 
+def test_the_exported_crop_of_each_field_is_one_slice(exported):
+    out, _ = exported
+    graph = onnx.load(str(out / "model.onnx")).graph
+    users = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node.op_type)
+    # a Slice feeding only another Slice copies the 128^3 field once too often (merge_slices fuses those)
+    assert not [n.name for n in graph.node if n.op_type == "Slice" and users.get(n.output[0]) == ["Slice"]]
+
+
+def test_merge_slices_fuses_a_chain_into_one_slice_with_the_same_output():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from model_export.export import merge_slices
+
+    def const(name, values):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(values, np.int64)))
+
+    nodes = [const("s2", [1]), const("e2", [5]), const("a2", [2]), const("s3", [2]), const("e3", [6]), const("a3", [3])]
+    nodes += [const("s4", [0]), const("e4", [7]), const("a4", [4]), const("st4", [2])]
+    nodes += [
+        helper.make_node("Slice", ["x", "s2", "e2", "a2"], ["y2"]),
+        helper.make_node("Slice", ["y2", "s3", "e3", "a3"], ["y3"]),
+        helper.make_node("Slice", ["y3", "s4", "e4", "a4", "st4"], ["y"]),
+        helper.make_node("Slice", ["x", "s2", "e2", "a2"], ["side"]),  # feeds two users: left alone
+        helper.make_node("Relu", ["side"], ["r1"]),
+        helper.make_node("Slice", ["side", "s3", "e3", "a3"], ["r2"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8, 8])
+    shapes = {"y": [1, 2, 4, 4, 4], "r1": [1, 2, 4, 8, 8], "r2": [1, 2, 4, 4, 8]}
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in shapes.items()]
+    proto = helper.make_model(helper.make_graph(nodes, "g", [x], outs), opset_imports=[helper.make_opsetid("", 20)])
+    data = np.random.default_rng(0).random((1, 2, 8, 8, 8), dtype=np.float32)
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": data}
+        )
+
+    before = run(proto)
+    assert merge_slices(proto) == 2
+    onnx.checker.check_model(proto, full_check=True)
+    assert sum(n.op_type == "Slice" for n in proto.graph.node) == 3  # the chain's one, and the side branch's two
+    assert {i.name for i in proto.graph.initializer} <= {i for n in proto.graph.node for i in n.input}
+    after = run(proto)
+    assert after[0].shape == (1, 2, 4, 4, 4)
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_onnx_runtime_matches_pytorch_on_a_tiny_model(exported):
     out, _ = exported
     cases = [("atlas", _ct), ("moved", lambda: _ct(top_z=5.0, offset=(6.0, -4.0, 8.0)))]
