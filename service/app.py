@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oarmorph import __version__
 
@@ -43,18 +44,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(jobs.router)
 
-    @app.middleware("http")
-    async def _timing(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        if path != "/metrics":
-            _, requests = app.state.context.metrics
-            requests.labels(request.method, path, str(response.status_code)).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(RequestTiming)
     return app
+
+
+class RequestTiming:
+    """Every request's seconds into the ``oarmorph_http_request_duration_seconds`` histogram, by route template.
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``) runs each request in
+    a task group with memory streams, and under 50 uploads and 8 pollers it was a fifth of the API's GIL time."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]  # an exception before the response started is answered 500 by the error middleware
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            if path != "/metrics":
+                _, requests = scope["app"].state.context.metrics
+                requests.labels(scope["method"], path, str(status[0])).observe(time.perf_counter() - start)
 
 
 def __getattr__(name: str):  # ``service.app:app`` for uvicorn, built on first access (not at import)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import anyio
 import redis
 from celery import Celery
 
@@ -54,6 +55,13 @@ class ServiceContext:
     @cached_property
     def api_keys(self) -> ApiKeys:
         return ApiKeys.from_settings(self.settings.api_keys, self.settings.api_keys_file)
+
+    @cached_property
+    def intake_limiter(self) -> anyio.CapacityLimiter:
+        """The threads an upload's unpacking and DICOM checks run on (first used inside a request: anyio makes a
+        limiter for the running event loop). Those checks hold the GIL for most of a second per series: forty of
+        them at once on the default thread pool starved the status polls of threads (max 1.5-1.9 s)."""
+        return anyio.CapacityLimiter(self.settings.intake_threads)
 
     @cached_property
     def metrics(self):

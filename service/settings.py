@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     device: str = Field(
         "auto", description="ONNX Runtime provider: auto (CUDA when present), cpu or cuda (GPU: CUDA_VISIBLE_DEVICES)."
     )
+    worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness a worker process adds to itself: on a host shared with the API, status polls are "
+        "answered before the next voxel is warped (0: the worker's as started).",
+    )
     heartbeat_ttl_s: int = Field(30, description="A worker not heard of for this long is dead; its job is redone.")
     sweep_interval_s: int = Field(15, description="How often each worker looks for jobs of dead workers.")
     max_attempts: int = Field(3, description="Attempts of a job whose worker died before it fails (WORKER_LOST).")
@@ -81,6 +88,12 @@ class Settings(BaseSettings):
 
     # --- API ---------------------------------------------------------------------------------------------------
     max_page_size: int = Field(100, description="Largest page of GET /v1/jobs.")
+    intake_threads: int = Field(
+        1,
+        ge=1,
+        description="Uploads an API process unpacks and checks at once (the rest wait their turn, so a burst of "
+        "uploads never takes the threads that answer status polls).",
+    )
     log_level: str = Field("INFO", description="Log level of the API and the worker.")
 
     @model_validator(mode="after")

@@ -376,6 +376,9 @@ def _start_process(sender=None, **_: Any) -> None:
     """Each process that runs tasks (a prefork child, or the solo pool's own) loads its models at start."""
     global _runtime
     if _runtime is None:
+        if settings.worker_nice:
+            # contouring is batch work: where it shares cores with the API, the API's short answers go first
+            os.nice(settings.worker_nice)
         log.info("settings: %s", settings.describe())
         _runtime = WorkerRuntime(str(sender or socket.gethostname()))
         _runtime.start()

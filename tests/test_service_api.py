@@ -10,6 +10,7 @@ import copy
 import io
 import json
 import logging
+import os
 import threading
 import time
 import zipfile
@@ -519,6 +520,16 @@ def test_the_callback_gets_the_final_job_document_and_is_retried_with_backoff(se
         assert _Receiver.received[-1]["qa"]["oar_count"] == 36
     finally:
         server.shutdown()
+
+
+def test_the_worker_process_runs_below_the_apis_priority(service_worker, service_store, service_settings):
+    from service.settings import Settings
+
+    nice = Settings(**service_settings).worker_nice
+    record = service_worker.wait_ready(service_store, "tiny")
+    assert nice > 0 and record["pid"] != os.getpid()
+    # the pool process lowered its own priority by worker_nice (from the niceness it inherited from this one)
+    assert os.getpriority(os.PRIO_PROCESS, record["pid"]) == min(os.getpriority(os.PRIO_PROCESS, 0) + nice, 19)
 
 
 def test_readyz_needs_redis_and_a_worker_with_the_model_and_metrics_count_jobs(service_client, service_settings):

@@ -12,6 +12,7 @@ import uuid
 from typing import Annotated
 from urllib.parse import urlsplit
 
+from anyio import to_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -115,12 +116,19 @@ async def submit_job(request: Request, context: Context, owner: Owner) -> Respon
             known = ", ".join(sorted(settings.bundle_dirs())) or "none"
             raise ServiceError(400, "UNKNOWN_BUNDLE", f"no bundle {bundle[:64]!r} is configured (configured: {known})")
         callback = _callback(upload.fields.get("callback_url"))
-        files = await run_in_threadpool(
-            context.storage.sort_upload, job_id, settings.max_upload_bytes, settings.max_files, settings.max_zip_ratio
+        files = await to_thread.run_sync(
+            context.storage.sort_upload,
+            job_id,
+            settings.max_upload_bytes,
+            settings.max_files,
+            settings.max_zip_ratio,
+            limiter=context.intake_limiter,
         )
         if files == 0:
             raise ServiceError(400, "EMPTY_UPLOAD", "the upload holds no file (or only empty ones)")
-        found = await run_in_threadpool(check_series, context.storage.input_dir(job_id), settings)
+        found = await to_thread.run_sync(
+            check_series, context.storage.input_dir(job_id), settings, limiter=context.intake_limiter
+        )
         key = idempotency_key(found, bundle, owner)
         try:
             existing = await run_in_threadpool(context.store.claim_idempotency, key, job_id)
