@@ -7,6 +7,7 @@ import contextlib
 import csv
 import dataclasses
 import io
+import itertools
 import shutil
 import warnings
 
@@ -22,6 +23,7 @@ from training.train import (  # noqa: E402
     TrainConfig,
     autocast_context,
     build_model,
+    learning_rate,
     loss_terms,
     progress_mode,
     rank_seed,
@@ -105,6 +107,23 @@ def test_tensorboard_holds_the_losses_and_validation_dice_and_plain_logs_carry_t
     rows = {int(r["step"]): r for r in _rows(run)}
     assert sorted(dice) == [5, 10]
     assert dice[10] == pytest.approx(float(rows[10]["val_dice"]), abs=1e-4)
+
+
+def test_the_cosine_schedule_runs_from_lr_to_lr_min_and_a_run_follows_it(caches):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _config(caches, 9, lr=1e-3, lr_schedule="cosine", lr_min=1e-4)
+    rates = [learning_rate(cfg, s) for s in range(cfg.steps)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-4) and rates[4] == pytest.approx(5.5e-4)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert learning_rate(dataclasses.replace(cfg, lr_schedule="constant"), 7) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        learning_rate(dataclasses.replace(cfg, lr_schedule="step"), 0)
+    run = train(dataclasses.replace(cfg, steps=4), log=lambda *_: None)  # stopped early, then resumed to the end
+    train(cfg, log=lambda *_: None)
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("lr")][4:] == pytest.approx(rates[4:], rel=1e-6)  # the resumed part
 
 
 def test_a_terminal_gets_a_progress_bar_and_a_log_file_plain_lines(caches, capsys):

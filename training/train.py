@@ -17,6 +17,7 @@ import contextlib
 import csv
 import inspect
 import json
+import math
 import os
 import random
 import sys
@@ -62,6 +63,11 @@ class TrainConfig:
     image_shape: tuple[int, int, int] = (64, 64, 64)
     model: dict = field(default_factory=dict)  # CascadeConfig fields
     lr: float = 1e-4
+    # "constant", or "cosine": from lr down to lr_min over the run's steps (a function of the step, so a resumed run
+    # continues the curve; extending --steps stretches it). The shipped OpenKBP run plateaued at 5e-4 and gained
+    # 0.01 validation Dice within 250 steps at 1.5e-4.
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
     steps: int = 20000
     seed: int = 0
     weight_mi: float = 1.0
@@ -104,6 +110,19 @@ def build_model(cfg: TrainConfig) -> Cascade:
 
 
 # --- device, precision, processes -------------------------------------------------------------------------------
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of the optimizer step taken after ``step`` steps (0: the first)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "cosine":
+        t = min(max(step / max(cfg.steps - 1, 1), 0.0), 1.0)
+        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -374,7 +393,7 @@ def _train(cfg: TrainConfig, log, on_step, procs: Processes, device: torch.devic
     model = build_model(cfg).to(device)
     if procs.rank:
         _seed_all(rank_seed(cfg.seed, procs.rank), gen)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=learning_rate(cfg, 0))  # the schedule is checked here
     state = {"step": 0, "best": -1.0, "history": []}
     latest = run / "latest.pt"
     if procs.distributed:
@@ -465,6 +484,11 @@ def _train(cfg: TrainConfig, log, on_step, procs: Processes, device: torch.devic
             terms = loss_terms(model, cfg, chosen, atlas, gen, autocast_context(device, cfg.bf16))
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
+            lr = learning_rate(
+                cfg, state["step"]
+            )  # set every step: a resumed run follows the config, not the checkpoint
+            for group in opt.param_groups:
+                group["lr"] = lr
             opt.step()
             state["step"] += 1
             step = state["step"]
@@ -498,6 +522,7 @@ def _train(cfg: TrainConfig, log, on_step, procs: Processes, device: torch.devic
             if writer is not None:
                 for k, v in value.items():
                     writer.add_scalar(f"loss/{k}", v, step)
+                writer.add_scalar("lr", lr, step)
             val = ["", ""]
             if step % cfg.validate_every == 0 or step == cfg.steps:
                 summary = evaluate(core, atlas, val_cases, cfg.oars)
