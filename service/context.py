@@ -59,8 +59,8 @@ class ServiceContext:
     @cached_property
     def intake_limiter(self) -> anyio.CapacityLimiter:
         """The threads an upload's unpacking and DICOM checks run on (first used inside a request: anyio makes a
-        limiter for the running event loop). Those checks hold the GIL for most of a second per series: forty of
-        them at once on the default thread pool starved the status polls of threads (max 1.5-1.9 s)."""
+        limiter for the running event loop). Those checks are pure Python (pydicom reading every header) and hold
+        the GIL: forty of them at once on the default thread pool starved the status polls (max 1.5-1.9 s)."""
         return anyio.CapacityLimiter(self.settings.intake_threads)
 
     @cached_property

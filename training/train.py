@@ -484,9 +484,8 @@ def _train(cfg: TrainConfig, log, on_step, procs: Processes, device: torch.devic
             terms = loss_terms(model, cfg, chosen, atlas, gen, autocast_context(device, cfg.bf16))
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
-            lr = learning_rate(
-                cfg, state["step"]
-            )  # set every step: a resumed run follows the config, not the checkpoint
+            # set on every step: a resumed run follows the config's schedule, not the rate in the optimizer state
+            lr = learning_rate(cfg, state["step"])
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.step()
