@@ -240,6 +240,13 @@ def export_onnx(model: InferenceCascade, path: str | Path, opset: int = OPSET) -
         )
 
 
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a ``Constant`` node holds as its ``value`` (None for any other node or attribute)."""
+    if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+        return node.attribute[0].t
+    return None
+
+
 def dedupe_constants(proto: onnx.ModelProto) -> int:
     """Merge Constant nodes holding the same tensor (the tracer writes one identity grid per GridSample site,
     20 copies of a 3 x 32^3 grid); returns how many were dropped. Node order stays topological: a duplicate's
@@ -248,8 +255,7 @@ def dedupe_constants(proto: onnx.ModelProto) -> int:
     rename: dict[str, str] = {}
     keep = []
     for node in proto.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            t = node.attribute[0].t
+        if (t := _constant_tensor(node)) is not None:
             key = (t.data_type, tuple(t.dims), t.SerializeToString(deterministic=True).replace(t.name.encode(), b""))
             if key in first:
                 rename[node.output[0]] = first[key]
@@ -271,8 +277,8 @@ def dedupe_constants(proto: onnx.ModelProto) -> int:
 def _constant_values(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     values = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     for node in proto.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        if (t := _constant_tensor(node)) is not None:
+            values[node.output[0]] = numpy_helper.to_array(t)
     return values
 
 
