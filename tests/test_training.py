@@ -169,6 +169,34 @@ def test_a_batch_of_patients_is_the_mean_of_its_patients(caches):
     assert [len(c) for c in seen] == [2, 2]
 
 
+def test_seg_within_known_ignores_the_contours_where_the_scan_holds_no_data(caches):
+    cfg = _config(
+        caches,
+        1,
+        weight_kl=0.0,
+        model={**tiny_config_dict(caches, 1)["model"], "dense_blocks": [{"probabilistic": False}]},
+    )
+    cases = load_split(cfg.cache_train, cfg.oars, cfg.image_shape)
+    atlas, case = cases[0], cases[1]
+    half = case.image.shape[1] // 2
+    known = case.known.clone()
+    known[:, half:] = 0  # a scan that ends half way down the window
+    cut = dataclasses.replace(case, known=known)
+    masks = case.masks.clone()
+    masks[:, half:] = 1 - masks[:, half:]  # whatever lies beyond the scan's end
+    garbled = dataclasses.replace(cut, masks=masks)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+
+    def seg(config, c):
+        return float(loss_terms(model, config, c, atlas, torch.Generator().manual_seed(0))["seg"].detach())
+
+    within = dataclasses.replace(cfg, seg_within_known=True)
+    assert seg(within, cut) == pytest.approx(seg(within, garbled), rel=1e-6)  # beyond the scan: not counted
+    assert seg(cfg, cut) != pytest.approx(seg(cfg, garbled), rel=1e-3)  # the runs before the option: counted
+    assert seg(within, case) != pytest.approx(seg(within, cut), rel=1e-3)  # and the known mask is what decides
+
+
 def test_bf16_autocast_is_for_cuda_only_and_a_cpu_config_resolves_to_none():
     cfg = TrainConfig()
     assert cfg.device == "auto" and cfg.bf16 is True and cfg.batch_size == 1

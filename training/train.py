@@ -73,6 +73,10 @@ class TrainConfig:
     weight_mi: float = 1.0
     weight_seg: float = 100.0
     seg_loss: str = "mse"  # "mse": the paper's Eq. 20; "dice": soft Dice (segmentation_soft_dice, CPU recipe)
+    # The OAR terms (seg loss, validation Dice) only where the patient's CT holds data (its "known" mask): a scan
+    # shorter than the canonical window cuts its contours at the scan's end, and the atlas OAR beyond it is no
+    # error (the inference path clips there too: the patient's grid ends). Off: the runs before it was added.
+    seg_within_known: bool = False
     weight_kl: float = 0.05
     weight_smooth: float = 0.0
     weight_mmd: float = 0.0
@@ -231,8 +235,11 @@ def dice_per_oar(warped: torch.Tensor, target: torch.Tensor, present: torch.Tens
     return out
 
 
-def evaluate(model: Cascade, atlas: CaseTensors, cases: list[CaseTensors], oars: list[str]) -> dict:
-    """Mean Dice per OAR (canonical grid, threshold 0.5) for the full cascade and the affine stage alone."""
+def evaluate(
+    model: Cascade, atlas: CaseTensors, cases: list[CaseTensors], oars: list[str], within_known: bool = False
+) -> dict:
+    """Mean Dice per OAR (canonical grid, threshold 0.5) for the full cascade and the affine stage alone;
+    ``within_known``: inside each patient's known mask only (``TrainConfig.seg_within_known``)."""
     model = _unwrap(model)
     model.eval()
     scores: dict[str, dict[str, list[float]]] = {"cascade": {o: [] for o in oars}, "affine": {o: [] for o in oars}}
@@ -242,8 +249,10 @@ def evaluate(model: Cascade, atlas: CaseTensors, cases: list[CaseTensors], oars:
         for case in cases:
             out = model(case.image.float()[None], moving)
             for stage, f in (("cascade", out.field), ("affine", out.affine_field)):
-                warped = model.warp(masks, f)[0]
-                for n, d in dice_per_oar(warped, case.masks.float(), case.present).items():
+                warped, target = model.warp(masks, f)[0], case.masks.float()
+                if within_known:
+                    warped, target = warped * case.known.float(), target * case.known.float()
+                for n, d in dice_per_oar(warped, target, case.present).items():
                     scores[stage][oars[n]].append(d)
     model.train()
     summary = {}
@@ -284,6 +293,8 @@ def loss_terms(
     terms["mi"] = mi
     warped_masks = core.warp(atlas.masks.float()[None].expand(b, -1, -1, -1, -1), out.field.float())
     target = torch.stack([c.masks for c in cases]).float()
+    if cfg.seg_within_known:
+        warped_masks, target = warped_masks * known_f, target * known_f
     terms["seg"] = SEG_LOSSES[cfg.seg_loss](warped_masks, target, torch.stack([c.present for c in cases]))
     if cfg.weight_kl:
         terms["kl"] = sum(
@@ -524,7 +535,7 @@ def _train(cfg: TrainConfig, log, on_step, procs: Processes, device: torch.devic
                 writer.add_scalar("lr", lr, step)
             val = ["", ""]
             if step % cfg.validate_every == 0 or step == cfg.steps:
-                summary = evaluate(core, atlas, val_cases, cfg.oars)
+                summary = evaluate(core, atlas, val_cases, cfg.oars, cfg.seg_within_known)
                 val = [round(summary["cascade"]["mean"], 4), round(summary["affine"]["mean"], 4)]
                 last_val = val[0]
                 state["history"].append({"step": step, **summary})
