@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from imaging.warp import physical_field_to_index_units, warp_masks_to_patient
 from phantom.cohort import atlas_for, generate_cohort
 from phantom.deformation import DeformationField
 
+REPO = Path(__file__).resolve().parents[1]
 SEED = 11
 N = 4
 
@@ -127,3 +129,22 @@ def test_patients_differ_in_pose_scanner_and_anatomy(cohort):
     assert len({round(m["anatomy"]["neck_flexion_deg"], 3) for m in metas}) == N
     assert len({tuple(m["ct_geometry"]["origin"]) for m in metas}) == N
     assert max(abs(v) for m in metas for v in m["ct_geometry"]["origin"]) > 200  # origins far from zero
+
+
+def test_the_true_deformation_through_the_canonical_field_contract_reproduces_the_patient(cohort):
+    """The true pull map written as a canonical field (FIELD_CONVENTION), band-limited to the CPU models' 32^3
+    and sent through segment_ct with the shipped phantom bundle: the ceiling of benchmarks/bench_field_ceiling.py,
+    and a check of the whole way from a canonical field back to the patient's grid."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # benchmarks/ is no installed package
+    from benchmarks.bench_field_ceiling import band_limited, ceilings
+    from pipeline.atlas import load_atlas
+    from training.cohort import read_case
+
+    linear = np.stack(np.meshgrid(*[np.linspace(-3, 5, 40)] * 3, indexing="ij")).astype(np.float32)
+    assert np.allclose(band_limited(linear, 9), linear, atol=1e-5)  # trilinear keeps an affine field exactly
+    wiggle = np.sin(np.arange(40) * 2.5)[None, :, None, None] * np.ones((3, 40, 40, 40), np.float32)
+    assert np.abs(band_limited(wiggle, 9)).mean() < 0.8 * np.abs(wiggle).mean()  # and loses what 9^3 cannot hold
+    atlas = load_atlas(REPO / "bundles" / "phantom")
+    dices = ceilings(read_case(cases(cohort)[0]), atlas, [32])[32]
+    assert len(dices) >= 30 and np.mean(list(dices.values())) >= 0.8, dices
