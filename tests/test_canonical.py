@@ -436,3 +436,21 @@ def test_the_body_opening_is_scipys_binary_opening(fraction):
     mask = np.random.default_rng(int(fraction * 10)).random((20, 23, 17)) < fraction
     expected = ndimage.binary_opening(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=1)
     np.testing.assert_array_equal(open_6_connected(mask), expected)
+
+
+def test_a_mask_is_resampled_from_its_box_as_from_the_whole_grid(canonical_scans):
+    """mask_to_canonical smooths and samples only the mask's box (plus the Gaussian's reach): the same soft mask
+    as the whole grid gives, for an OAR inside, one cut by the grid's border, and none at all."""
+    from imaging.canonical import _resample
+
+    ct, offset, can = canonical_scans["HFS"]
+    g = can.frame.geometry
+    inside = landmark_volume(ct.geometry, "eye_r", offset)
+    cut = inside.with_array(np.zeros_like(inside.array))
+    cut.array[60:90, :6, 150:190] = 1  # against the grid's anterior border
+    for mask in (inside, cut):
+        whole = np.clip(_resample(Volume(mask.array.astype(np.float32), mask.geometry), g, 0.0, min(g.spacing)), 0, 1)
+        assert whole.sum() > 10
+        assert np.abs(mask_to_canonical(mask, can.frame) - whole).max() < 1e-5
+    empty = mask_to_canonical(inside.with_array(np.zeros_like(inside.array)), can.frame)
+    assert empty.shape == g.shape and not empty.any()
