@@ -234,6 +234,35 @@ def window_hu(hu: np.ndarray, spec: CanonicalSpec = DEFAULT_SPEC) -> np.ndarray:
     return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
+EDGE_TOLERANCE = 1e-6  # voxels: half-voxel edges that two grids share, to floating-point rounding
+
+
+def scanned_mask(source: Geometry, target: Geometry) -> np.ndarray:
+    """Which voxels of ``target`` lie inside the scanned grid ``source`` (uint8): the voxels a nearest-neighbour
+    resampling would take from it, i.e. ITK's ``IsInsideBuffer``, -0.5 <= continuous index < n - 0.5 per axis.
+
+    Axis-aligned grids (every CT here and the canonical window) need no image at all: each source axis depends on
+    one target axis, so the mask is the outer product of three 1-D tests. Resampling a grid of ones instead cost a
+    full-size float copy of the CT (200 MB for 512 x 512 x 200) and a resampling pass for each canonical image.
+    """
+    m = source.physical_to_index_matrix @ target.index_to_physical_matrix  # target (i, j, k, 1) -> source index
+    linear = m[:3, :3]
+    axis_of = np.abs(linear) > 1e-12
+    if not (axis_of.sum(axis=1) == 1).all():  # oblique: let ITK decide, voxel by voxel
+        ones = _prefiltered(Volume(np.ones(source.shape, np.uint8), source), None)
+        return _sample_on(ones, target, 0.0, sitk.sitkNearestNeighbor).astype(np.uint8)
+    ni, nj, nk = target.size_ijk
+    src_size = source.size_ijk
+    inside = [np.ones(n, bool) for n in (ni, nj, nk)]  # along target i, j, k
+    for c in range(3):  # source axis c follows the one target axis t
+        t = int(np.argmax(axis_of[c]))
+        idx = m[c, t] * np.arange(inside[t].size, dtype=np.float64) + m[c, 3]
+        # a centre on the edge of the outermost voxel (-0.5 to rounding) counts as inside, as ITK rounds it
+        inside[t] &= (idx >= -0.5 - EDGE_TOLERANCE) & (idx < src_size[c] - 0.5 - EDGE_TOLERANCE)
+    in_i, in_j, in_k = inside
+    return (in_k[:, None, None] & in_j[None, :, None] & in_i[None, None, :]).astype(np.uint8)
+
+
 class CanonicalSampler:
     """A CT made ready for canonical grids: anti-aliased once, so that another window of the same CT (``shifted``,
     the window matching of ``pipeline.segment.align_window``) costs only the rows that the move uncovers."""
@@ -241,12 +270,10 @@ class CanonicalSampler:
     def __init__(self, ct: Volume, spec: CanonicalSpec = DEFAULT_SPEC) -> None:
         self.ct, self.spec = ct, spec
         self._hu = _prefiltered(ct, antialias_to_mm=min(spec.spacing))
-        self._scanned = _prefiltered(Volume(np.ones(ct.geometry.shape, np.uint8), ct.geometry), None)
 
     def _sample(self, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
         hu = _sample_on(self._hu, geometry, self.spec.air_hu)
-        fov = _sample_on(self._scanned, geometry, 0.0, sitk.sitkNearestNeighbor)
-        return window_hu(hu, self.spec), fov.astype(np.uint8)
+        return window_hu(hu, self.spec), scanned_mask(self.ct.geometry, geometry)
 
     def image(self, frame: CanonicalFrame | None = None) -> CanonicalImage:
         frame = frame or find_canonical_frame(self.ct, self.spec)
@@ -335,7 +362,12 @@ def weighted_mi(a_bins: np.ndarray, b_bins: np.ndarray, w: np.ndarray, bins: int
     inside = (a >= 0) & (b >= 0)
     if not inside.all():
         a, b, weights = a[inside], b[inside], weights[inside]
-    joint = np.bincount(a.astype(np.int64) * bins + b, weights=weights, minlength=bins * bins)
+    return _mi_of_joint_index(a.astype(np.int64) * bins + b, weights, bins)
+
+
+def _mi_of_joint_index(joint_index: np.ndarray, weights: np.ndarray, bins: int) -> float:
+    """Mutual information from each voxel's joint bin (a * bins + b, all valid) and its weight."""
+    joint = np.bincount(joint_index.ravel(), weights=weights.ravel(), minlength=bins * bins)
     joint = joint.reshape(bins, bins) / joint.sum()
     pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
     nz = joint > 0
@@ -423,6 +455,11 @@ def window_shift(
     def best(scale: int, centre: tuple[int, int], radius: tuple[int, int], step: int) -> tuple[int, int]:
         img_bins, kn = intensity_bins(_block_mean(image, scale)), _block_mean(known, scale)
         a_bins, a_kn = reference.levels[scale]
+        # Block means of [0, 1] images always have a bin, so each candidate's joint bins are one sum of the
+        # case's (times MI_BINS, made once) and the atlas's: weighted_mi's histogram to the bit, without its
+        # per-candidate copies and checks (most of the search's time).
+        all_binned = bool((img_bins >= 0).all() and (a_bins >= 0).all())
+        case_rows = img_bins.astype(np.int64) * MI_BINS
         scored = []
         own = float(kn.sum())
         nk, nj = kn.shape[:2]
@@ -431,9 +468,13 @@ def window_shift(
             for dj in range(centre[1] - radius[1], centre[1] + radius[1] + 1, step):
                 src_j, dst_j = _overlap(nj, dj // scale)
                 overlap = kn[src_k, src_j] * a_kn[dst_k, dst_j]
-                if overlap.sum() < min_overlap * own:  # MI over a sliver of the case says nothing
+                weight = overlap.sum()
+                if weight < min_overlap * own:  # MI over a sliver of the case says nothing
                     continue
-                mi = weighted_mi(img_bins[src_k, src_j], a_bins[dst_k, dst_j], overlap)
+                if not all_binned or weight < 50:
+                    mi = weighted_mi(img_bins[src_k, src_j], a_bins[dst_k, dst_j], overlap)
+                else:
+                    mi = _mi_of_joint_index(case_rows[src_k, src_j] + a_bins[dst_k, dst_j], overlap, MI_BINS)
                 scored.append((mi, -abs(dk) - abs(dj), dk, dj))
         if not scored:
             return centre

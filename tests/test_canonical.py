@@ -454,3 +454,42 @@ def test_a_mask_is_resampled_from_its_box_as_from_the_whole_grid(canonical_scans
         assert np.abs(mask_to_canonical(mask, can.frame) - whole).max() < 1e-5
     empty = mask_to_canonical(inside.with_array(np.zeros_like(inside.array)), can.frame)
     assert empty.shape == g.shape and not empty.any()
+
+
+@pytest.mark.parametrize(
+    "direction",
+    [
+        (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        (1, 0, 0, 0, 1, 0, 0, 0, -1),  # slices stored from the feet up
+        (0, 1, 0, 1, 0, 0, 0, 0, 1),  # rows and columns swapped
+        (1, 0, 0, 0, 0.9848, -0.1736, 0, 0.1736, 0.9848),  # oblique (a 10 degree tilt): ITK's own test
+    ],
+    ids=["identity", "k flipped", "i-j swapped", "oblique"],
+)
+def test_the_scanned_mask_is_what_nearest_neighbour_resampling_takes_from_the_scan(direction):
+    import SimpleITK as sitk
+
+    from imaging.canonical import _prefiltered, _sample_on, scanned_mask
+
+    scan = Geometry((37, 50, 45), (0.9, 1.1, 2.5), (-20.0, -31.0, 12.0), direction)
+    target = Geometry((40, 30, 60), (1.3, 1.7, 2.1), (-35.0, -40.0, 70.0), (1, 0, 0, 0, 1, 0, 0, 0, -1))
+    ones = _prefiltered(Volume(np.ones(scan.shape, np.uint8), scan), None)
+    expected = _sample_on(ones, target, 0.0, sitk.sitkNearestNeighbor).astype(np.uint8)
+    got = scanned_mask(scan, target)
+    assert got.dtype == np.uint8 and got.shape == target.shape
+    assert 0 < got.sum() < got.size
+    assert np.array_equal(got, expected)
+
+
+def test_a_voxel_centre_on_the_scans_outer_edge_counts_as_scanned():
+    # Grids with commensurate spacings put centres exactly on the scan's outer voxel edges (OpenKBP's windows do):
+    # ITK's rounding takes such a centre in on one grid and leaves it out on another; the mask always takes it in
+    from imaging.canonical import scanned_mask
+
+    scan = Geometry((10, 10, 10), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    target = Geometry((12, 20, 20), (0.5, 0.5, 1.0), (-0.5, -0.5, -1.0))  # first centres at index -0.5
+    got = scanned_mask(scan, target)
+    assert got.all()  # the first row, column and slice sit on the edge
+    # and index n - 0.5 (the far edge) is outside: voxels 0 .. 9 span [-0.5, 9.5)
+    far = Geometry((2, 2, 2), (1.0, 1.0, 2.0), (9.5, 9.5, 19.0))
+    assert scanned_mask(scan, far).sum() == 0

@@ -98,6 +98,28 @@ def test_a_64_cubed_affine_field_sends_128_cubed_voxels_where_the_affine_does(ma
     assert np.abs(corner - expected).max() > 0.02
 
 
+@pytest.mark.parametrize(
+    "image_shape, net_shape", [((64, 64, 64), (32, 32, 32)), ((32, 32, 32), (32, 32, 32)), ((64, 32, 64), (32, 16, 32))]
+)
+def test_the_affine_field_written_from_its_parameters_is_the_upsampled_one(image_shape, net_shape):
+    from training.inference import affine_field_on
+    from training.layers import AffineToField
+
+    torch.manual_seed(1)
+    params = torch.randn(2, 12) * torch.tensor([0.05] * 9 + [5.0] * 3)
+    # what the cascade makes (net grid, translations scaled to it, then corner to corner to image_shape) ...
+    ratio = torch.tensor([(n - 1) / (m - 1) for n, m in zip(net_shape, image_shape, strict=True)])
+    on_net = AffineToField(net_shape)(torch.cat([params[:, :9], params[:, 9:] * ratio], dim=1))
+    on_image = resize_field(on_net, image_shape) if net_shape != image_shape else on_net
+    # ... and what the inference did with it: upsampled by block centres to the canonical grid
+    factors = tuple(c // n for c, n in zip(CANONICAL, image_shape, strict=True))
+    upsampled = upsample_area_field(on_image, factors)
+    written = affine_field_on(params, CANONICAL, image_shape, net_shape)
+    assert written.shape == upsampled.shape == (2, 3, *CANONICAL)
+    assert float((written - upsampled).abs().max()) < 1e-4  # voxels; the fields reach about 30
+    assert float(upsampled.abs().max()) > 10
+
+
 def test_the_inference_cascade_reduces_as_training_does_and_returns_canonical_fields(atlas):
     seg_atlas, _ = atlas
     cfg = _config()
