@@ -337,6 +337,16 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     return total / np.float32(f**3)
 
 
+def block_mean_levels(a: np.ndarray, scales: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """``_block_mean`` at each scale, a coarser one made from the finer one it divides (4 from 2: an eighth of
+    the strided sums; means of equal block means are the block mean, to float rounding)."""
+    out: dict[int, np.ndarray] = {}
+    for s in sorted(scales):
+        finer = max((f for f in out if s % f == 0), default=None)
+        out[s] = _block_mean(a, s) if finer is None else _block_mean(out[finer], s // finer)
+    return out
+
+
 MI_BINS = 24  # joint-histogram bins per image for window matching
 
 
@@ -427,12 +437,11 @@ class WindowReference:
 
     @classmethod
     def of(cls, atlas_image: np.ndarray, atlas_known: np.ndarray) -> WindowReference:
-        return cls(
-            {
-                s: (intensity_bins(_block_mean(atlas_image, s)), _block_mean(atlas_known, s))
-                for s in WINDOW_SEARCH_SCALES
-            }
+        image, known = (
+            block_mean_levels(atlas_image, WINDOW_SEARCH_SCALES),
+            block_mean_levels(atlas_known, WINDOW_SEARCH_SCALES),
         )
+        return cls({s: (intensity_bins(image[s]), known[s]) for s in WINDOW_SEARCH_SCALES})
 
 
 def window_shift(
@@ -453,7 +462,7 @@ def window_shift(
     """
 
     def best(scale: int, centre: tuple[int, int], radius: tuple[int, int], step: int) -> tuple[int, int]:
-        img_bins, kn = intensity_bins(_block_mean(image, scale)), _block_mean(known, scale)
+        img_bins, kn = intensity_bins(image_levels[scale]), known_levels[scale]
         a_bins, a_kn = reference.levels[scale]
         # Block means of [0, 1] images always have a bin, so each candidate's joint bins are one sum of the
         # case's (times MI_BINS, made once) and the atlas's: weighted_mi's histogram to the bit, without its
@@ -481,6 +490,8 @@ def window_shift(
         top = max(scored)
         return top[2], top[3]
 
+    image_levels = block_mean_levels(image, WINDOW_SEARCH_SCALES)
+    known_levels = block_mean_levels(known, WINDOW_SEARCH_SCALES)
     coarse_scale, fine_scale = WINDOW_SEARCH_SCALES
     coarse = best(coarse_scale, (0, 0), max_shift, coarse_scale)
     return best(fine_scale, coarse, (4, 4), fine_scale)

@@ -209,8 +209,13 @@ def warp_masks_to_patient(
     displacement = np.asarray(displacement, np.float32)
     if displacement.shape != (3, *fixed_frame.shape):
         raise ValueError(f"displacement must have shape (3, {fixed_frame.shape}), got {displacement.shape}")
-    grid_kji = np.indices(fixed_frame.shape, dtype=np.float32)
-    y_kji_grid = grid_kji + displacement  # where each fixed canonical voxel samples the atlas canonical grid
+    # where each fixed canonical voxel samples the atlas canonical grid: y = x + u(x), the index added along its own
+    # axis (the same float32 sums as adding np.indices, without its 3 x 128^3 array)
+    y_kji_grid = displacement.copy()
+    for axis, n in enumerate(fixed_frame.shape):
+        shape = [1, 1, 1]
+        shape[axis] = n
+        y_kji_grid[axis] += np.arange(n, dtype=np.float32).reshape(shape)
     blocks = FieldBlockBounds(y_kji_grid)
 
     def warp_one(item: tuple[str, tuple[np.ndarray, Geometry]]) -> WarpedMask:
