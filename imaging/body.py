@@ -39,14 +39,34 @@ def open_6_connected(mask: np.ndarray) -> np.ndarray:
 
 def body_mask(hu: np.ndarray, threshold_hu: float = -400.0, fill_holes: bool = False) -> np.ndarray:
     """Boolean body mask of an HU array ``[k, j, i]``."""
-    body = open_6_connected(hu > threshold_hu)
-    labels, n = ndimage.label(body)
+    dense = hu > threshold_hu
+    body = np.zeros(hu.shape, bool)
+    # Opening and labelling only the box of what passes the threshold (with a margin of background, which is what
+    # the opening sees beyond the array's faces): the same mask, at a fraction of the cost when the patient
+    # fills a part of the grid (a truncated OpenKBP CT, a small head on a wide field).
+    box = _box_with_margin(dense, margin=2)
+    if box is None:
+        return body
+    opened = open_6_connected(dense[box])
+    labels, n = ndimage.label(opened)
     if n == 0:
+        body[box] = opened
         return body
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    body = labels == int(np.argmax(sizes))
+    body[box] = labels == int(np.argmax(sizes))
     if fill_holes:
         for k in np.flatnonzero(body.any(axis=(1, 2))):
             body[k] = ndimage.binary_fill_holes(body[k])
     return body
+
+
+def _box_with_margin(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask`` grown by ``margin`` voxels per side (within the array), None when empty."""
+    box = []
+    for axis in range(mask.ndim):
+        rows = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if rows.size == 0:
+            return None
+        box.append(slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, mask.shape[axis])))
+    return tuple(box)

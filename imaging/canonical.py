@@ -422,9 +422,25 @@ def known_mask(ct: Volume, canonical: CanonicalImage, missing_hu: float = -1024.
 WINDOW_SEARCH_SCALES = (4, 2)  # coarse then fine block size of the window search
 
 
-def _overlap(n: int, d: int) -> tuple[slice, slice]:
-    """For a shift by ``d`` voxels along an axis of ``n``: the case's rows that land inside, and where they land."""
-    return slice(max(-d, 0), n - max(d, 0)), slice(max(d, 0), n - max(-d, 0))
+def _overlap(n: int, d: int, case_rows: tuple[int, int] | None = None, atlas_rows: tuple[int, int] | None = None):
+    """For a shift by ``d`` voxels along an axis of ``n``: the case's rows that land inside, and where they land.
+
+    ``case_rows`` and ``atlas_rows`` (half-open) narrow it to the rows where each side holds any weight: the rows
+    left out have zero overlap weight, so the joint histogram does not change (they add 0 to its bins)."""
+    lo, hi = max(-d, 0), n - max(d, 0)
+    for first, stop, offset in ((*(case_rows or (0, n)), 0), (*(atlas_rows or (0, n)), d)):
+        lo, hi = max(lo, first - offset), min(hi, stop - offset)
+    hi = max(hi, lo)
+    return slice(lo, hi), slice(lo + d, hi + d)
+
+
+def _rows_with_weight(weight: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Per axis, the half-open range of rows where ``weight`` has any non-zero voxel ((0, 0) when none)."""
+    out = []
+    for axis in range(weight.ndim):
+        rows = np.flatnonzero(weight.any(axis=tuple(a for a in range(weight.ndim) if a != axis)))
+        out.append((int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -473,18 +489,23 @@ def window_shift(
         scored = []
         own = float(kn.sum())
         nk, nj = kn.shape[:2]
+        # Only the rows where the case, and the atlas, hold any known voxel can weigh: a truncated OpenKBP CT
+        # fills a part of its window, and scoring the zero-weight rest was most of the search's time.
+        (ck, cj, ci), (ak, aj, ai) = _rows_with_weight(kn), _rows_with_weight(a_kn)
+        cols = slice(max(ci[0], ai[0]), max(min(ci[1], ai[1]), max(ci[0], ai[0])))  # not shifted: both sides
         for dk in range(centre[0] - radius[0], centre[0] + radius[0] + 1, step):
-            src_k, dst_k = _overlap(nk, dk // scale)
+            src_k, dst_k = _overlap(nk, dk // scale, ck, ak)
             for dj in range(centre[1] - radius[1], centre[1] + radius[1] + 1, step):
-                src_j, dst_j = _overlap(nj, dj // scale)
-                overlap = kn[src_k, src_j] * a_kn[dst_k, dst_j]
+                src_j, dst_j = _overlap(nj, dj // scale, cj, aj)
+                case_at, atlas_at = (src_k, src_j, cols), (dst_k, dst_j, cols)
+                overlap = kn[case_at] * a_kn[atlas_at]
                 weight = overlap.sum()
                 if weight < min_overlap * own:  # MI over a sliver of the case says nothing
                     continue
                 if not all_binned or weight < 50:
-                    mi = weighted_mi(img_bins[src_k, src_j], a_bins[dst_k, dst_j], overlap)
+                    mi = weighted_mi(img_bins[case_at], a_bins[atlas_at], overlap)
                 else:
-                    mi = _mi_of_joint_index(case_rows[src_k, src_j] + a_bins[dst_k, dst_j], overlap, MI_BINS)
+                    mi = _mi_of_joint_index(case_rows[case_at] + a_bins[atlas_at], overlap, MI_BINS)
                 scored.append((mi, -abs(dk) - abs(dj), dk, dj))
         if not scored:
             return centre

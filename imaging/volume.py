@@ -105,7 +105,7 @@ class Geometry:
         return cls(tuple(d["shape"]), tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
 
     def reference_image(self, pixel_type: int = sitk.sitkUInt8) -> sitk.Image:
-        """An empty SimpleITK image on this grid (a resampling reference; allocates one voxel column)."""
+        """A zero-filled SimpleITK image on this grid: a resampling reference (it allocates the whole grid)."""
         img = sitk.Image(list(self.size_ijk), pixel_type)
         img.SetSpacing(self.spacing)
         img.SetOrigin(self.origin)

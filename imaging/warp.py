@@ -90,19 +90,39 @@ class FieldBlockBounds:
     """
 
     def __init__(self, y_kji_grid: np.ndarray, block: int = 4) -> None:
+        self._start(y_kji_grid.shape[1:], block, y_kji_grid.dtype)
+        for c in range(3):
+            self.fill_component(c, y_kji_grid[c])
+
+    @classmethod
+    def empty(cls, shape: tuple[int, ...], block: int = 4, dtype=np.float32) -> FieldBlockBounds:
+        """Bounds to be filled one component at a time (``fill_component``, e.g. each on its own thread)."""
+        out = cls.__new__(cls)
+        out._start(shape, block, dtype)
+        return out
+
+    def _start(self, shape: tuple[int, ...], block: int, dtype) -> None:
         if block < 1 or block & (block - 1):
             raise ValueError(f"block must be a power of two, got {block}")
         self.block = block
-        shape = np.array(y_kji_grid.shape[1:])
-        pad = [(0, 0)] + [(0, int(-n % block)) for n in shape]
-        y = np.pad(y_kji_grid, pad, mode="edge") if any(p[1] for p in pad) else y_kji_grid
+        self.shape = np.array(shape)
+        blocks = tuple(int(-(-n // block)) for n in shape)
+        self.low = np.empty((3, *blocks), dtype)
+        self.high = np.empty((3, *blocks), dtype)
+
+    def fill_component(self, c: int, y_component: np.ndarray) -> None:
+        """The block bounds of component ``c`` of ``y`` ([k, j, i] on the fixed grid)."""
+        pad = [(0, int(-n % self.block)) for n in self.shape]
+        y = np.pad(y_component, pad, mode="edge") if any(p[1] for p in pad) else y_component
         low = high = y
-        for axis in (3, 2, 1):  # halve each spatial axis log2(block) times: pairwise min and max of strided views
-            for _ in range(block.bit_length() - 1):
+        # halve each axis log2(block) times: pairwise min and max of strided views, k first, so that the pass
+        # over the whole array reads whole planes and the strided one along i runs on a sixteenth of it
+        for axis in (0, 1, 2):
+            for _ in range(self.block.bit_length() - 1):
                 even = (slice(None),) * axis + (slice(0, None, 2),)
                 odd = (slice(None),) * axis + (slice(1, None, 2),)
                 low, high = np.minimum(low[even], low[odd]), np.maximum(high[even], high[odd])
-        self.low, self.high, self.shape = low, high, shape
+        self.low[c], self.high[c] = low, high
 
     def voxels_landing_in(
         self, y_kji_grid: np.ndarray, lo: np.ndarray, hi: np.ndarray
@@ -209,35 +229,75 @@ def warp_masks_to_patient(
     displacement = np.asarray(displacement, np.float32)
     if displacement.shape != (3, *fixed_frame.shape):
         raise ValueError(f"displacement must have shape (3, {fixed_frame.shape}), got {displacement.shape}")
-    # where each fixed canonical voxel samples the atlas canonical grid: y = x + u(x), the index added along its own
-    # axis (the same float32 sums as adding np.indices, without its 3 x 128^3 array)
-    y_kji_grid = displacement.copy()
-    for axis, n in enumerate(fixed_frame.shape):
-        shape = [1, 1, 1]
-        shape[axis] = n
-        y_kji_grid[axis] += np.arange(n, dtype=np.float32).reshape(shape)
-    blocks = FieldBlockBounds(y_kji_grid)
+    # scipy's interpolation and numpy's large-array arithmetic release the GIL: the work runs on the threads
+    # SimpleITK is allowed (the one thread setting of the imaging layer: the benchmarks pin it, elsewhere
+    # SimpleITK's default, every core), each voxel computed exactly as alone
+    workers = max(1, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    run = pool.map if pool is not None else map
+    try:
+        # where each fixed canonical voxel samples the atlas canonical grid: y = x + u(x), the index added along
+        # its own axis (the same float32 sums as adding np.indices, without its 3 x 128^3 array), and its bounds
+        # per block, one component per task
+        y_kji_grid = np.empty_like(displacement)
+        blocks = FieldBlockBounds.empty(fixed_frame.shape)
 
-    def warp_one(item: tuple[str, tuple[np.ndarray, Geometry]]) -> WarpedMask:
-        full_mask, full_geometry = item[1]
-        cropped = crop_to_content(full_mask, full_geometry)  # cheap when the atlas bundle stores cropped masks
-        found = None
-        if cropped is not None:
+        def grid_component(c: int) -> None:
+            shape = [1, 1, 1]
+            shape[c] = fixed_frame.shape[c]
+            np.add(displacement[c], np.arange(shape[c], dtype=np.float32).reshape(shape), out=y_kji_grid[c])
+            blocks.fill_component(c, y_kji_grid[c])
+
+        list(run(grid_component, range(3)))
+
+        def locate(item: tuple[str, tuple[np.ndarray, Geometry]]):
+            full_mask, full_geometry = item[1]
+            cropped = crop_to_content(full_mask, full_geometry)  # cheap when the atlas bundle stores cropped masks
+            if cropped is None:
+                return None
             mask, mask_geometry = cropped
             box = _mask_box_lps(mask, mask_geometry)
             found = _patient_box(box, y_kji_grid, fixed_frame, atlas_frame, patient, margin_mm, blocks)
+            return None if found is None else (mask.astype(np.float32, copy=False), mask_geometry, *found)
+
+        items = list(atlas_masks.items())
+        located = list(run(locate, items))
+        # Each OAR's box cut into slabs of about equal size along k, so that two threads finish together (one
+        # task per OAR left a thread alone with the spinal cord's long box): every voxel is computed as before.
+        sizes = [int(np.prod(f[3] - f[2])) for f in located if f is not None]
+        slab_voxels = max(sum(sizes) // (4 * workers), 1 << 15) if sizes else 1
+        tasks = []
+        for n, found in enumerate(located):
+            if found is None:
+                continue
+            p_lo, p_hi = found[2], found[3]
+            plane = int(np.prod(p_hi[1:] - p_lo[1:]))
+            step = max(1, slab_voxels // max(plane, 1))
+            tasks += [(n, k0, min(k0 + step, int(p_hi[0]))) for k0 in range(int(p_lo[0]), int(p_hi[0]), step)]
+
+        def sample_slab(task: tuple[int, int, int]) -> np.ndarray:
+            n, k0, k1 = task
+            mask, mask_geometry, p_lo, p_hi = located[n][:4]
+            sub = patient.sub_grid((k0, int(p_lo[1]), int(p_lo[2])), (k1, int(p_hi[1]), int(p_hi[2])))
+            values = _sample_mask_on_grid(mask, mask_geometry, sub, fixed_frame, atlas_frame, displacement)
+            return (values >= threshold).astype(np.uint8)
+
+        slabs = list(run(sample_slab, tasks))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    out: dict[str, WarpedMask] = {}
+    for n, (name, _) in enumerate(items):
+        found = located[n]
         if found is None:
-            return WarpedMask(
+            out[name] = WarpedMask(
                 (0, 0, 0), np.zeros((0, 0, 0), np.uint8), patient.shape, patient.voxel_volume_mm3, False, False
             )
-        p_lo, p_hi, reaches_border, cut = found
-        sub = patient.sub_grid(tuple(p_lo), tuple(p_hi))
-        values = _sample_mask_on_grid(
-            mask.astype(np.float32, copy=False), mask_geometry, sub, fixed_frame, atlas_frame, displacement
-        )
-        warped = (values >= threshold).astype(np.uint8)
+            continue
+        _, _, p_lo, p_hi, reaches_border, cut = found
+        warped = np.concatenate([slab for task, slab in zip(tasks, slabs, strict=True) if task[0] == n], axis=0)
         touches = cut and _touches_clipped_faces(warped, p_lo, p_hi, np.array(patient.shape))
-        return WarpedMask(
+        out[name] = WarpedMask(
             tuple(int(v) for v in p_lo),  # type: ignore[arg-type]
             warped,
             patient.shape,
@@ -245,18 +305,7 @@ def warp_masks_to_patient(
             reaches_border and bool(warped.any()),
             touches,
         )
-
-    items = list(atlas_masks.items())
-    # scipy's interpolation releases the GIL: OARs in parallel on the threads SimpleITK is allowed (the one thread
-    # setting of the imaging layer: the benchmarks pin it, elsewhere SimpleITK's default, every core), each OAR
-    # exactly as alone
-    workers = min(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), len(items))
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            warped = list(pool.map(warp_one, items))
-    else:
-        warped = [warp_one(item) for item in items]
-    return {name: w for (name, _), w in zip(items, warped, strict=True)}
+    return out
 
 
 def _touches_clipped_faces(mask: np.ndarray, lo: np.ndarray, hi: np.ndarray, grid: np.ndarray) -> bool:

@@ -169,6 +169,37 @@ def test_a_mask_sent_to_canonical_space_and_back_agrees_with_itself(canonical_sc
     assert dice(back, mask) >= 0.98, dice(back, mask)
 
 
+def test_the_warp_gives_every_oar_the_same_voxels_on_any_number_of_threads(canonical_scans):
+    """The warp cuts the OARs' boxes into slabs shared by the threads: the masks must not depend on how many."""
+    import SimpleITK as sitk
+
+    a_g, f_g, field, delta = _frame_linking_field(
+        canonical_scans["FFS far origin, anisotropic"], canonical_scans["HFS"]
+    )
+    rng = np.random.default_rng(11)
+    wobble = ndimage.gaussian_filter(rng.normal(0.0, 6.0, field.shape), (0, 4, 4, 4)).astype(np.float32)
+    field = field + wobble  # not a pure shift: every slab samples its own part of the field
+    patient = _local_grid(np.array([20.0, -10.0, -150.0]), (0.9, 0.9, 2.0), half_extent_mm=60)
+    masks = {}
+    for n, (centre, radius) in enumerate([((20, -10, -150), 30.0), ((0, 0, -130), 6.0), ((45, -30, -170), 12.0)]):
+        grid = _local_grid(np.asarray(centre, float) + delta, (0.7, 0.7, 1.0), half_extent_mm=radius + 3)
+        inside = ((grid_points(grid) - np.asarray(centre, float) - delta) ** 2).sum(-1) <= radius**2
+        masks[f"s{n}"] = (inside.astype(np.uint8), grid)
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    try:
+        results = []
+        for threads in (1, 3):
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+            results.append(warp_masks_to_patient(masks, a_g, f_g, field, patient))
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+    for name in masks:
+        one, three = results[0][name], results[1][name]
+        assert one.array.any() and one.box_start == three.box_start, name
+        np.testing.assert_array_equal(one.array, three.array)
+        assert (one.reaches_window_border, one.cut_by_scan) == (three.reaches_window_border, three.cut_by_scan)
+
+
 @pytest.mark.parametrize("radius_mm", [5.0, 10.0, 20.0])
 def test_a_fine_atlas_mask_lands_on_the_patient_grid_where_it_belongs(canonical_scans, radius_mm):
     """An atlas structure at 0.5 mm, carried onto a 0.9 x 0.9 x 2 mm patient grid, against the analytic truth."""
@@ -339,9 +370,10 @@ def _window_shift_by_shifted_copies(image, known, atlas_image, atlas_known, max_
 
 
 @pytest.mark.parametrize("scan", ["FFS", "HFS far origin, anisotropic", "FFS far origin, anisotropic"])
-@pytest.mark.parametrize("dk, dj, cut", [(-10, 4, 25), (7, -3, 0), (0, 0, 40)])
-def test_window_shift_finds_what_scoring_shifted_copies_finds(canonical_scans, scan, dk, dj, cut):
-    """The search scores views of the overlap instead of shifted copies: the same shift, found faster."""
+@pytest.mark.parametrize("dk, dj, cut, side", [(-10, 4, 25, 0), (7, -3, 0, 0), (0, 0, 40, 0), (5, 6, 10, 30)])
+def test_window_shift_finds_what_scoring_shifted_copies_finds(canonical_scans, scan, dk, dj, cut, side):
+    """The search scores views of the overlap, only over the rows where case and atlas hold known voxels, instead
+    of shifted copies: the same shift, found faster."""
     from imaging.canonical import WindowReference, known_mask, shift_arrays, window_shift
 
     atlas_ct, _, atlas = canonical_scans["HFS"]
@@ -349,6 +381,11 @@ def test_window_shift_finds_what_scoring_shifted_copies_finds(canonical_scans, s
     atlas_known = known_mask(atlas_ct, atlas)
     known = shift_arrays(known_mask(ct, can), dk, dj)
     known[:cut] = 0.0  # OpenKBP-style truncation of the top
+    if side:  # and of the sides: columns of the case, and rows of the atlas, without a known voxel
+        known[:, :, :side] = 0.0
+        known[:, -side // 2 :] = 0.0
+        atlas_known = atlas_known.copy()
+        atlas_known[:, :, -side:] = 0.0
     rng = np.random.default_rng(3)
     noisy = np.clip(can.image + rng.normal(0.0, 0.05, can.image.shape).astype(np.float32), 0.0, 1.0)
     image = shift_arrays(noisy, dk, dj) * known
@@ -412,6 +449,11 @@ def test_block_bounds_find_exactly_the_voxels_a_brute_force_test_finds(shape, bl
     grid = np.indices(shape, dtype=np.float32)
     y = grid + rng.normal(0.0, 1.5, size=(3, *shape)).astype(np.float32)  # a rough pull map
     bounds = FieldBlockBounds(y, block)
+    by_component = FieldBlockBounds.empty(shape, block)  # what the warp fills, one component per thread
+    for c in (2, 0, 1):
+        by_component.fill_component(c, y[c])
+    np.testing.assert_array_equal(by_component.low, bounds.low)
+    np.testing.assert_array_equal(by_component.high, bounds.high)
     for _ in range(40):
         lo = rng.uniform(-2, max(shape), 3)
         hi = lo + rng.uniform(0, 6, 3)
@@ -427,6 +469,24 @@ def test_block_bounds_find_exactly_the_voxels_a_brute_force_test_finds(shape, bl
         np.testing.assert_array_equal(got[1], [v.max() for v in nz])
     with pytest.raises(ValueError):
         FieldBlockBounds(y, 3)
+
+
+@pytest.mark.parametrize("where", ["inside", "at a face", "everywhere", "nowhere"])
+def test_the_body_is_the_largest_opened_component_of_the_whole_grid(where):
+    """body_mask opens and labels only the box of what passes the threshold: the mask of doing it on all."""
+    from imaging.body import body_mask, open_6_connected
+
+    rng = np.random.default_rng(5)
+    hu = np.full((30, 34, 28), -1000.0, np.float32)
+    part = {"inside": np.s_[6:20, 9:25, 5:21], "at a face": np.s_[0:14, 20:34, 3:28], "everywhere": np.s_[:, :, :]}
+    if where in part:
+        region = hu[part[where]]
+        region[...] = np.where(rng.random(region.shape) < 0.7, 40.0, -1000.0)
+    opened = open_6_connected(hu > -400.0)
+    labels, n = ndimage.label(opened)
+    expected = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1) if n else opened
+    np.testing.assert_array_equal(body_mask(hu), expected)
+    assert body_mask(hu).any() == (where != "nowhere")
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
