@@ -148,9 +148,42 @@ def _prefiltered(volume: Volume, antialias_to_mm: float | None) -> sitk.Image:
 
 
 def _sample_on(img: sitk.Image, target: Geometry, default: float, interpolator: int = sitk.sitkLinear) -> np.ndarray:
-    ref = target.reference_image(sitk.sitkFloat32)
-    out = sitk.Resample(img, ref, sitk.Transform(), interpolator, float(default), sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
+    """``img`` resampled onto ``target`` (float32), ``default`` where a point falls outside its buffer.
+
+    Only the target voxels within reach of the image are resampled (``_footprint``); the rest is ``default``,
+    which is what ITK gives them. A cropped mask fills a fraction of a 128^3 window, and ITK spent most of its
+    time there answering "outside".
+    """
+    box = _footprint(img, target)
+    if box is None:
+        return np.full(target.shape, default, np.float32)
+    (k0, j0, i0), (k1, j1, i1) = box
+    whole = box == ((0, 0, 0), target.shape)
+    ref = (target if whole else target.sub_grid(*box)).reference_image(sitk.sitkFloat32)
+    part = sitk.GetArrayFromImage(
+        sitk.Resample(img, ref, sitk.Transform(), interpolator, float(default), sitk.sitkFloat32)
+    )
+    if whole:
+        return part
+    out = np.full(target.shape, default, np.float32)
+    out[k0:k1, j0:j1, i0:i1] = part
+    return out
+
+
+def _footprint(img: sitk.Image, target: Geometry) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """The box (start, stop, [k, j, i]) of ``target`` voxels that may fall inside ``img``'s buffer: its corners'
+    outer edges (continuous index -0.5 and n - 0.5) on the target grid, one voxel more on each side for
+    rounding. None when the image lies wholly outside."""
+    size = np.array(img.GetSize(), float)
+    edges = [(-0.5, n - 0.5) for n in size]
+    corners = np.array([[i, j, k] for k in edges[2] for j in edges[1] for i in edges[0]], float)
+    physical = np.array([img.TransformContinuousIndexToPhysicalPoint(tuple(c)) for c in corners])
+    ijk = target.physical_to_index(physical)
+    lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int) - 1, 0)[::-1]
+    hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 2, np.array(target.size_ijk))[::-1]
+    if (hi <= lo).any():
+        return None
+    return tuple(int(v) for v in lo), tuple(int(v) for v in hi)  # type: ignore[return-value]
 
 
 def _resample(

@@ -553,3 +553,38 @@ def test_a_voxel_centre_on_the_scans_outer_edge_counts_as_scanned():
     # and index n - 0.5 (the far edge) is outside: voxels 0 .. 9 span [-0.5, 9.5)
     far = Geometry((2, 2, 2), (1.0, 1.0, 2.0), (9.5, 9.5, 19.0))
     assert scanned_mask(scan, far).sum() == 0
+
+
+@pytest.mark.parametrize("placement", ["inside", "across a face", "outside", "covering"])
+@pytest.mark.parametrize("oblique", [False, True])
+def test_resampling_only_the_images_footprint_gives_what_itk_gives_on_the_whole_grid(placement, oblique):
+    """``_sample_on`` resamples only the target voxels within reach of the image and fills the rest with the
+    default value: the values ITK gives on the whole grid (points outside the buffer get the default there too)."""
+    import SimpleITK as sitk
+
+    from imaging.canonical import _sample_on
+
+    c, s = np.cos(0.3), np.sin(0.3)
+    direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0) if oblique else (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    origin = {
+        "inside": (10.0, 12.0, 8.0),
+        "across a face": (-9.0, 30.0, 20.0),
+        "outside": (500.0, 0.0, 0.0),
+        "covering": (-40.0, -40.0, -40.0),
+    }[placement]
+    shape = (40, 50, 45) if placement == "covering" else (9, 11, 13)
+    spacing = (3.1, 2.9, 3.3) if placement == "covering" else (1.7, 1.3, 2.1)
+    rng = np.random.default_rng(2)
+    small = Volume(rng.normal(0.0, 100.0, shape).astype(np.float32), Geometry(shape, spacing, origin, direction))
+    img = small.to_sitk()
+    target = Geometry((30, 34, 28), (2.5, 2.5, 2.7), (0.3, -0.2, 0.1), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    whole = sitk.GetArrayFromImage(
+        sitk.Resample(
+            img, target.reference_image(sitk.sitkFloat32), sitk.Transform(), sitk.sitkLinear, -7.0, sitk.sitkFloat32
+        )
+    )
+    got = _sample_on(img, target, -7.0)
+    assert got.shape == whole.shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got == -7.0, whole == -7.0)
+    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-4)  # 100 HU-scale values: float rounding only
+    assert (placement == "outside") == (got == -7.0).all()
