@@ -151,8 +151,8 @@ def _sample_on(img: sitk.Image, target: Geometry, default: float, interpolator: 
     """``img`` resampled onto ``target`` (float32), ``default`` where a point falls outside its buffer.
 
     Only the target voxels within reach of the image are resampled (``_footprint``); the rest is ``default``,
-    which is what ITK gives them. A cropped mask fills a fraction of a 128^3 window, and ITK spent most of its
-    time there answering "outside".
+    which is what ITK gives them. A cropped OAR mask reaches a small part of a 128^3 window: ITK would otherwise
+    visit every voxel of it to answer "outside" for most.
     """
     box = _footprint(img, target)
     if box is None:

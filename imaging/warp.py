@@ -262,8 +262,8 @@ def warp_masks_to_patient(
 
         items = list(atlas_masks.items())
         located = list(run(locate, items))
-        # Each OAR's box cut into slabs of about equal size along k, so that two threads finish together (one
-        # task per OAR left a thread alone with the spinal cord's long box): every voxel is computed as before.
+        # Each OAR's box cut into slabs of about equal size along k, so that the threads finish together (one
+        # task per OAR can leave one thread alone with the largest box): every voxel is computed as before.
         sizes = [int(np.prod(f[3] - f[2])) for f in located if f is not None]
         slab_voxels = max(sum(sizes) // (4 * workers), 1 << 15) if sizes else 1
         tasks = []
