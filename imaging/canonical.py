@@ -523,7 +523,7 @@ def window_shift(
         own = float(kn.sum())
         nk, nj = kn.shape[:2]
         # Only the rows where the case, and the atlas, hold any known voxel can weigh: a truncated OpenKBP CT
-        # fills a part of its window, and scoring the zero-weight rest was most of the search's time.
+        # fills a part of its window, and scoring the zero-weight rest was a third of the search's time.
         (ck, cj, ci), (ak, aj, ai) = _rows_with_weight(kn), _rows_with_weight(a_kn)
         cols = slice(max(ci[0], ai[0]), max(min(ci[1], ai[1]), max(ci[0], ai[0])))  # not shifted: both sides
         for dk in range(centre[0] - radius[0], centre[0] + radius[0] + 1, step):
