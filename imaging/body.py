@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .volume import nonzero_box
+
 
 def open_6_connected(mask: np.ndarray) -> np.ndarray:
     """``ndimage.binary_opening`` with the 6-connected cross, once, to the voxel: erosion as the AND and dilation
@@ -44,7 +46,7 @@ def body_mask(hu: np.ndarray, threshold_hu: float = -400.0, fill_holes: bool = F
     # Opening and labelling only the box of what passes the threshold (with a margin of background, which is what
     # the opening sees beyond the array's faces): the same mask, at a fraction of the cost when the patient
     # fills a part of the grid (a truncated OpenKBP CT, a small head on a wide field).
-    box = _box_with_margin(dense, margin=2)
+    box = nonzero_box(dense, pad=2)
     if box is None:
         return body
     opened = open_6_connected(dense[box])
@@ -59,14 +61,3 @@ def body_mask(hu: np.ndarray, threshold_hu: float = -400.0, fill_holes: bool = F
         for k in np.flatnonzero(body.any(axis=(1, 2))):
             body[k] = ndimage.binary_fill_holes(body[k])
     return body
-
-
-def _box_with_margin(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
-    """The bounding box of ``mask`` grown by ``margin`` voxels per side (within the array), None when empty."""
-    box = []
-    for axis in range(mask.ndim):
-        rows = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if rows.size == 0:
-            return None
-        box.append(slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, mask.shape[axis])))
-    return tuple(box)

@@ -42,7 +42,7 @@ import SimpleITK as sitk
 
 from .body import body_mask
 from .errors import NoBodyFoundError
-from .volume import Geometry, Volume
+from .volume import Geometry, Volume, nonzero_box
 from .warp import crop_to_content
 
 CANONICAL_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # i -> L, j -> P, k -> inferior
@@ -469,11 +469,8 @@ def _overlap(n: int, d: int, case_rows: tuple[int, int] | None = None, atlas_row
 
 def _rows_with_weight(weight: np.ndarray) -> tuple[tuple[int, int], ...]:
     """Per axis, the half-open range of rows where ``weight`` has any non-zero voxel ((0, 0) when none)."""
-    out = []
-    for axis in range(weight.ndim):
-        rows = np.flatnonzero(weight.any(axis=tuple(a for a in range(weight.ndim) if a != axis)))
-        out.append((int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0))
-    return tuple(out)
+    box = nonzero_box(weight)
+    return tuple((b.start, b.stop) for b in box) if box is not None else ((0, 0),) * weight.ndim
 
 
 @dataclass(frozen=True)

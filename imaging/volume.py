@@ -113,6 +113,18 @@ class Geometry:
         return img
 
 
+def nonzero_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask``'s non-zero voxels grown by ``pad`` per side (within the array), as slices;
+    None when it has none."""
+    box = []
+    for axis in range(mask.ndim):
+        rows = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if rows.size == 0:
+            return None
+        box.append(slice(max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, mask.shape[axis])))
+    return tuple(box)
+
+
 @dataclass
 class Volume:
     """A voxel array on a ``Geometry``. CT volumes hold Hounsfield units; masks hold 0/1 (uint8)."""

@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .volume import Geometry
+from .volume import Geometry, nonzero_box
 
 _CHUNK_VOXELS = 1 << 21  # points evaluated at once: bounds the temporary arrays to ~100 MB
 
@@ -200,13 +200,10 @@ def physical_field_to_index_units(displacement_mm: np.ndarray, geometry: Geometr
 
 def crop_to_content(mask: np.ndarray, geometry: Geometry, pad: int = 1) -> tuple[np.ndarray, Geometry] | None:
     """The mask cut to its non-zero bounding box plus ``pad`` voxels, with the matching geometry (None if empty)."""
-    nz_axes = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0] for axis in range(3)]
-    if any(v.size == 0 for v in nz_axes):
+    box = nonzero_box(mask, pad)
+    if box is None:
         return None
-    lo = [max(int(v[0]) - pad, 0) for v in nz_axes]
-    hi = [min(int(v[-1]) + pad + 1, n) for v, n in zip(nz_axes, mask.shape, strict=True)]
-    cropped = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    return cropped, geometry.sub_grid(tuple(lo), tuple(hi))
+    return mask[box], geometry.sub_grid(tuple(b.start for b in box), tuple(b.stop for b in box))
 
 
 def _mask_box_lps(mask_array: np.ndarray, geometry: Geometry) -> np.ndarray:
