@@ -13,9 +13,18 @@ the same shape of input and output (the registration's cost depends on the netwo
 2. ``--concurrent`` submissions of distinct small phantom series at once (threads, one HTTP connection each):
    how many were accepted (202) and how many failed, and their answer times.
 3. While those jobs are queued and running, ``--pollers`` client processes (each one HTTP connection, as separate
-   PACS or planning systems would poll) poll ``GET /v1/jobs/{id}`` as fast as they can for ``--poll-seconds``:
-   p50, p95, p99 and max. Processes, not threads of this one: 50 submitting threads encoding multipart bodies
-   under one GIL delayed the pollers' own requests and put the client's queueing into the server's latency.
+   PACS or planning systems would poll) poll ``GET /v1/jobs/{id}`` for ``--poll-seconds``: p50, p95, p99 and max.
+   Processes, not threads of this one: 50 submitting threads encoding multipart bodies under one GIL delayed the
+   pollers' own requests and put the client's queueing into the server's latency. Twice, each time with 50 new
+   submissions (the jobs of the first round are cancelled before the second):
+   * paced (``polling_under_load``): every accepted job polled every ``--poll-interval`` seconds (0.25 s, the
+     demo's progress bar; 200 requests a second for 50 jobs), each poll timed from when it was due, so a poll
+     that had to wait for the one before it on its connection counts its wait too. This is the latency a
+     polling client sees while 50 submissions arrive and run.
+   * saturating (``polling_saturating``): the same clients poll as fast as they can. Then the pollers are the
+     load: with 8 of them always waiting on an API that answers a few hundred polls a second, each poll queues
+     behind the others' (Little's law: 8 in flight over ~400 a second is ~20 ms before any upload), so this
+     measures the API's capacity on 2 shared cores more than the submissions' effect on a poll.
    The queued jobs are cancelled afterwards.
 """
 
@@ -78,12 +87,16 @@ def _phantom(out: Path, seed: int, index: int, size: str) -> Path:
     return folder / "ct"
 
 
-def _poller(base: str, key: str, ids, stop, ready, out) -> None:
-    """One polling client (its own process): ``GET /v1/jobs/{id}`` round the accepted ids until ``stop``; the
-    seconds of each 200 answer go to ``out`` at the end."""
+def _poller(base: str, key: str, ids, stop, ready, out, interval: float | None) -> None:
+    """One polling client (its own process): ``GET /v1/jobs/{id}`` on the ids it is given until ``stop``, each
+    job every ``interval`` seconds (timed from when the poll was due) or, with None, round them as fast as it
+    can; (when it was due or sent, seconds) of each 200 answer go to ``out`` at the end (``time.perf_counter``:
+    the system's monotonic clock, the same in every process)."""
+    import heapq
     import queue as queue_module
 
     known: list[str] = []
+    due: list[tuple[float, str]] = []  # (when the job's next poll is due, job id)
     seconds: list[float] = []
     with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=60) as c:
         c.get("/healthz")  # connected before the load starts
@@ -92,20 +105,114 @@ def _poller(base: str, key: str, ids, stop, ready, out) -> None:
         while not stop.is_set():
             try:
                 while True:
-                    known.append(ids.get_nowait())
+                    job_id = ids.get_nowait()
+                    known.append(job_id)
+                    heapq.heappush(due, (time.perf_counter(), job_id))
             except queue_module.Empty:
                 pass
             if not known:
                 time.sleep(0.01)
                 continue
-            target = known[n % len(known)]
-            n += 1
-            t0 = time.perf_counter()
+            if interval is None:
+                target = known[n % len(known)]
+                n += 1
+                t0 = time.perf_counter()
+            else:
+                t0, target = due[0]
+                wait = t0 - time.perf_counter()
+                if wait > 0:
+                    time.sleep(min(wait, 0.01))  # short naps: new ids and ``stop`` are looked at meanwhile
+                    continue
+                heapq.heapreplace(due, (t0 + interval, target))
             r = c.get(f"/v1/jobs/{target}")
             elapsed = time.perf_counter() - t0
             if r.status_code == 200:
-                seconds.append(elapsed)
+                seconds.append((t0, elapsed))
     out.put(seconds)
+
+
+def _latency_summary(polls: list[tuple[float, float]], args, interval: float | None, burst_end: float) -> dict:
+    """Percentiles of all polls, and of those sent while the submissions were still being answered."""
+    seconds = [e for _, e in polls]
+    during = [e for t, e in polls if t < burst_end]
+
+    def ms(values: list[float], q: float) -> float:
+        return round(_percentile(values, q) * 1000, 2)
+
+    return {
+        "requests": len(seconds),
+        "pollers": args.pollers,
+        "seconds": args.poll_seconds,
+        "interval_s": interval,
+        "p50_ms": ms(seconds, 50),
+        "p95_ms": ms(seconds, 95),
+        "p99_ms": ms(seconds, 99),
+        "max_ms": round(max(seconds) * 1000, 2) if seconds else None,
+        "while_submitting": {"requests": len(during), "p50_ms": ms(during, 50), "p99_ms": ms(during, 99)},
+    }
+
+
+def _submit_while_polling(base: str, key: str, bodies: list, args, spawn, interval: float | None) -> dict:
+    """``len(bodies)`` submissions at once (threads, one connection each) while ``args.pollers`` client processes
+    poll every accepted job for ``args.poll_seconds``: the submissions' answers, the ids and the poll seconds."""
+    statuses: list[int] = []
+    answer_s: list[float] = []
+    ids: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(bodies))
+    stop, ready, results_queue = spawn.Event(), spawn.Queue(), spawn.Queue()
+    id_queues = [spawn.Queue() for _ in range(args.pollers)]
+
+    def submit(body):
+        with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=600) as c:
+            barrier.wait()
+            t0 = time.perf_counter()
+            r = c.post("/v1/jobs", files=body)
+            with lock:
+                statuses.append(r.status_code)
+                answer_s.append(time.perf_counter() - t0)
+                if r.status_code == 202:
+                    ids.append(r.json()["id"])
+                    if interval is None:  # every client rounds all jobs
+                        for q in id_queues:
+                            q.put(ids[-1])
+                    else:  # each job polled by one client, as its submitter would
+                        id_queues[(len(ids) - 1) % len(id_queues)].put(ids[-1])
+
+    pollers = [
+        spawn.Process(target=_poller, args=(base, key, q, stop, ready, results_queue, interval)) for q in id_queues
+    ]
+    for proc in pollers:
+        proc.start()
+    for _ in pollers:
+        ready.get(timeout=120)
+    start = time.perf_counter()
+    print(f"{len(bodies)} submissions, {args.pollers} polling clients", flush=True)
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        list(pool.map(submit, bodies))
+    answered = time.perf_counter() - start
+    time.sleep(max(args.poll_seconds - answered, 0.0))
+    stop.set()
+    polls: list[tuple[float, float]] = []
+    for _ in pollers:
+        polls += results_queue.get(timeout=60)
+    for proc in pollers:
+        proc.join(10)
+    errors = [s for s in statuses if s != 202]
+    return {
+        "ids": list(ids),
+        "polls": polls,
+        "burst_end": start + answered,
+        "submissions": {
+            "submitted": len(bodies),
+            "accepted_202": len(ids),
+            "errors": len(errors),
+            "error_statuses": sorted(set(errors)),
+            "all_answered_in_s": round(answered, 3),
+            "answer_p50_s": round(_percentile(answer_s, 50), 3),
+            "answer_max_s": round(max(answer_s), 3),
+        },
+    }
 
 
 def main() -> int:
@@ -114,6 +221,7 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--pollers", type=int, default=8)
     parser.add_argument("--poll-seconds", type=float, default=20.0)
+    parser.add_argument("--poll-interval", type=float, default=0.25, help="Seconds between two polls of a job (paced).")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench" / "service")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench" / "service.json")
     args = parser.parse_args()
@@ -179,72 +287,24 @@ def main() -> int:
             },
         }
 
-        # 2. concurrent submissions of distinct small series
+        # 2. and 3. concurrent submissions of distinct small series, with polling clients (separate processes)
         small = _phantom(work / "patients", 12, 1, "small")
-        bodies = [_renamed_series(small, tag) for tag in range(args.concurrent)]
-        statuses: list[int] = []
-        answer_s: list[float] = []
-        ids: list[str] = []
-        lock = threading.Lock()
-        barrier = threading.Barrier(args.concurrent)
-
-        def submit(body):
-            with httpx.Client(base_url=base, headers=auth, timeout=600) as c:
-                barrier.wait()
-                t0 = time.perf_counter()
-                r = c.post("/v1/jobs", files=body)
-                with lock:
-                    statuses.append(r.status_code)
-                    answer_s.append(time.perf_counter() - t0)
-                    if r.status_code == 202:
-                        ids.append(r.json()["id"])
-                        for q in id_queues:  # every polling client learns of the job
-                            q.put(ids[-1])
-
-        # 3. polling while the submissions arrive and the jobs run: separate client processes
         spawn = multiprocessing.get_context("spawn")
-        stop, ready, results_queue = spawn.Event(), spawn.Queue(), spawn.Queue()
-        id_queues = [spawn.Queue() for _ in range(args.pollers)]
-        pollers = [spawn.Process(target=_poller, args=(base, key, q, stop, ready, results_queue)) for q in id_queues]
-        for proc in pollers:
-            proc.start()
-        for _ in pollers:
-            ready.get(timeout=120)
-        start = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrent) as pool:
-            list(pool.map(submit, bodies))
-        submitted = time.perf_counter() - start
-        time.sleep(max(args.poll_seconds - submitted, 0.0))
-        stop.set()
-        poll_s: list[float] = []
-        for _ in pollers:
-            poll_s += results_queue.get(timeout=60)
-        for proc in pollers:
-            proc.join(10)
-        errors = [s for s in statuses if s != 202]
-        results["concurrent_submissions"] = {
-            "submitted": args.concurrent,
-            "accepted_202": len(ids),
-            "errors": len(errors),
-            "error_statuses": sorted(set(errors)),
-            "all_answered_in_s": round(submitted, 3),
-            "answer_p50_s": round(_percentile(answer_s, 50), 3),
-            "answer_max_s": round(max(answer_s), 3),
-        }
-        results["polling_under_load"] = {
-            "requests": len(poll_s),
-            "pollers": args.pollers,
-            "seconds": args.poll_seconds,
-            "p50_ms": round(_percentile(poll_s, 50) * 1000, 2),
-            "p95_ms": round(_percentile(poll_s, 95) * 1000, 2),
-            "p99_ms": round(_percentile(poll_s, 99) * 1000, 2),
-            "max_ms": round(max(poll_s) * 1000, 2) if poll_s else None,
-        }
-        done = sum(1 for i in ids if client.get(f"/v1/jobs/{i}").json()["status"] == "succeeded")
-        results["concurrent_submissions"]["succeeded_during_polling"] = done
-        for job_id in ids:
-            client.delete(f"/v1/jobs/{job_id}")
-            client.delete(f"/v1/jobs/{job_id}")
+        rounds = (("polling_under_load", args.poll_interval), ("polling_saturating", None))
+        for number, (name, interval) in enumerate(rounds):
+            tags = range(number * args.concurrent, (number + 1) * args.concurrent)  # new series: new jobs
+            bodies = [_renamed_series(small, t) for t in tags]
+            submitted = _submit_while_polling(base, key, bodies, args, spawn, interval)
+            if number == 0:
+                results["concurrent_submissions"] = submitted["submissions"]
+            ids = submitted["ids"]
+            results[name] = _latency_summary(submitted["polls"], args, interval, submitted["burst_end"])
+            done = sum(1 for i in ids if client.get(f"/v1/jobs/{i}").json()["status"] == "succeeded")
+            results[name]["jobs_succeeded_meanwhile"] = done
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
+            for job_id in ids:  # cancel the queued, purge the finished
+                client.delete(f"/v1/jobs/{job_id}")
+                client.delete(f"/v1/jobs/{job_id}")
     finally:
         children.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,7 +37,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         configure_logging(settings.log_level)
-        yield
+        intake = app.state.context.intake_pool
+        await to_thread.run_sync(intake.start)
+        try:
+            yield
+        finally:
+            await to_thread.run_sync(intake.stop)
 
     app = FastAPI(title="oarmorph", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.context = ServiceContext(settings)

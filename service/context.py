@@ -16,6 +16,7 @@ from celery import Celery
 
 from model_export.card import ModelBundleError, read_card
 
+from .intake_pool import IntakePool
 from .metrics import make_registry
 from .queue import make_celery
 from .security import ApiKeys
@@ -58,10 +59,15 @@ class ServiceContext:
 
     @cached_property
     def intake_limiter(self) -> anyio.CapacityLimiter:
-        """The threads an upload's unpacking and DICOM checks run on (first used inside a request: anyio makes a
-        limiter for the running event loop). Those checks are pure Python (pydicom reading every header) and hold
-        the GIL: forty of them at once on the default thread pool starved the status polls (max 1.5-1.9 s)."""
+        """The threads an upload's unpacking runs on (first used inside a request: anyio makes a limiter for the
+        running event loop). Forty unpackings and checks at once on the default thread pool starved the status
+        polls (max 1.5-1.9 s); the checks now run in processes of their own (``intake_pool``)."""
         return anyio.CapacityLimiter(self.settings.intake_threads)
+
+    @cached_property
+    def intake_pool(self) -> IntakePool:
+        """The processes the uploads' DICOM checks run in (``service.intake_pool``)."""
+        return IntakePool(self.settings.intake_processes)
 
     @cached_property
     def metrics(self):

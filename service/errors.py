@@ -32,6 +32,9 @@ class ServiceError(Exception):
         self.detail = detail
         self.headers = headers
 
+    def __reduce__(self):  # pickled whole: the upload checks raise it in another process (service.intake_pool)
+        return type(self), (self.status, self.code, self.detail, self.headers)
+
     def response(self) -> JSONResponse:
         return JSONResponse({"code": self.code, "detail": self.detail}, self.status, headers=self.headers)
 

@@ -91,8 +91,14 @@ class Settings(BaseSettings):
     intake_threads: int = Field(
         1,
         ge=1,
-        description="Uploads an API process unpacks and checks at once (the rest wait their turn, so a burst of "
-        "uploads never takes the threads that answer status polls).",
+        description="Uploads an API process unpacks at once (the rest wait their turn, so a burst of uploads never "
+        "takes the threads that answer status polls).",
+    )
+    intake_processes: int = Field(
+        1,
+        ge=1,
+        description="Processes beside each API process that check uploads' DICOM headers (pydicom holds the GIL: "
+        "on the API's own threads it held up every status poll).",
     )
     log_level: str = Field("INFO", description="Log level of the API and the worker.")
 

@@ -4,6 +4,7 @@ header-only series check agreeing with the reader, and ``oarmorph segment -o`` w
 from __future__ import annotations
 
 import io
+import pickle
 import stat
 import zipfile
 from pathlib import Path
@@ -155,6 +156,39 @@ def test_the_header_check_refuses_what_the_reader_refuses_without_decoding(phant
         inspect_ct_series(cut)
     with pytest.raises(UndecodablePixelDataError):
         read_ct_series(cut)
+
+
+def test_upload_checks_run_in_their_own_process_and_their_refusals_cross_back(phantom_case, tmp_path):
+    import asyncio
+    import os
+    import signal
+
+    from service.intake_pool import IntakePool
+
+    settings = Settings(data_dir=tmp_path / "data")
+    error = ServiceError(422, "GANTRY_TILT", "tilted", {"X-Test": "1"})
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.status, again.code, again.detail, again.headers) == (422, "GANTRY_TILT", "tilted", {"X-Test": "1"})
+    not_dicom = tmp_path / "not_dicom"
+    not_dicom.mkdir()
+    (not_dicom / "a.dcm").write_bytes(b"this is no DICOM file at all" * 10)
+    pool = IntakePool(1)
+    try:
+        pool.start()
+        found = asyncio.run(pool.check(phantom_case.ct_dir, settings))
+        assert found.shape == read_ct_series(phantom_case.ct_dir).geometry.shape
+        with pytest.raises(ServiceError) as refused:
+            asyncio.run(pool.check(not_dicom, settings))
+        assert (refused.value.status, refused.value.code) == (422, "NOT_DICOM")
+        # a check process that dies: that upload is answered 503, the next one gets a new pool
+        for pid in list(pool._pool()._processes):
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ServiceError) as lost:
+            asyncio.run(pool.check(phantom_case.ct_dir, settings))
+        assert (lost.value.status, lost.value.code) == (503, "SERVICE_UNAVAILABLE")
+        assert asyncio.run(pool.check(phantom_case.ct_dir, settings)).shape == found.shape
+    finally:
+        pool.stop()
 
 
 def test_oarmorph_segment_writes_the_workers_rtstruct(phantom_case, tiny_model_dir, tmp_path, monkeypatch):

@@ -14,16 +14,20 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="A
 bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token (or X-API-Key).")
 
 
-def get_context(request: Request) -> ServiceContext:
+async def get_context(request: Request) -> ServiceContext:
     return request.app.state.context
 
 
-def require_key(
+async def require_key(
     context: Annotated[ServiceContext, Depends(get_context)],
     header_key: Annotated[str | None, Depends(api_key_header)] = None,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
 ) -> str:
-    """The id of the caller's API key, or 401."""
+    """The id of the caller's API key, or 401.
+
+    Both dependencies are coroutines because FastAPI runs a plain ``def`` dependency on the thread pool: every
+    status poll paid two more thread hand-offs for a dictionary lookup and a salted SHA-256, each a wait for the
+    GIL while the upload checks hold it."""
     key = header_key or (credentials.credentials if credentials is not None else None)
     if not key:
         raise ServiceError(

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import ErrorBody, ServiceError
-from ..intake import check_series, idempotency_key
+from ..intake import idempotency_key
 from ..queue import RUN_JOB
 from ..schemas import Job, JobPage, Status, job_view
 from ..store import ACTIVE, now_iso
@@ -126,9 +126,7 @@ async def submit_job(request: Request, context: Context, owner: Owner) -> Respon
         )
         if files == 0:
             raise ServiceError(400, "EMPTY_UPLOAD", "the upload holds no file (or only empty ones)")
-        found = await to_thread.run_sync(
-            check_series, context.storage.input_dir(job_id), settings, limiter=context.intake_limiter
-        )
+        found = await context.intake_pool.check(context.storage.input_dir(job_id), settings)
         key = idempotency_key(found, bundle, owner)
         try:
             existing = await run_in_threadpool(context.store.claim_idempotency, key, job_id)
@@ -207,10 +205,13 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=Job, responses={401: _ERRORS[401], **_NOT_FOUND}, summary="A job")
-def get_job(job_id: str, context: Context, owner: Owner) -> Job:
+def get_job(job_id: str, context: Context, owner: Owner) -> Response:
     """Status; the running stage and percent; code and reason of a failure; timestamps; model and atlas; on
     success the QA summary (per-OAR volume in cc, folded fraction, warnings)."""
-    return job_view(_owned(context, owner, job_id))
+    # The route polled most: the view is validated once and written by pydantic-core, not dumped to a dict,
+    # validated again against response_model and encoded by json.dumps (what returning the model costs).
+    body = job_view(_owned(context, owner, job_id)).model_dump_json()
+    return Response(body, media_type="application/json")
 
 
 @router.get(
