@@ -97,7 +97,7 @@ def _poller(base: str, key: str, ids, stop, ready, out, interval: float | None) 
 
     known: list[str] = []
     due: list[tuple[float, str]] = []  # (when the job's next poll is due, job id)
-    seconds: list[float] = []
+    seconds: list[tuple[float, float]] = []  # (due or sent, seconds to the answer)
     with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=60) as c:
         c.get("/healthz")  # connected before the load starts
         ready.put(True)
