@@ -26,8 +26,8 @@ async def require_key(
     """The id of the caller's API key, or 401.
 
     Both dependencies are coroutines because FastAPI runs a plain ``def`` dependency on the thread pool: every
-    status poll paid two more thread hand-offs for a dictionary lookup and a salted SHA-256, each a wait for the
-    GIL while the upload checks hold it."""
+    status poll paid two more thread hand-offs for a dictionary lookup and a salted SHA-256, each one more chance
+    to wait for the GIL while another thread holds it."""
     key = header_key or (credentials.credentials if credentials is not None else None)
     if not key:
         raise ServiceError(
