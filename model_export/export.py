@@ -181,6 +181,7 @@ def build_card(
             "parameters": count_parameters(model.cascade),
             "image_shape": list(cfg.image_shape),
             "net_shape": list(model.cascade.config.net_shape),
+            "dense_block_shapes": [list(s) for s in model.cascade.block_shapes],
         },
         "onnx": {
             "file": ONNX_NAME,

@@ -7,6 +7,9 @@ log-variance of a stationary velocity field (sampled with the reparameterization
 at inference), smooths it with a fixed Gaussian, and integrates it by scaling and squaring. The networks work
 on ``net_shape`` (e.g. 64^3 on a CPU); their fields are resized to the image grid, so the model takes the
 canonical 128^3 images and returns one composed pull field on them (``imaging.canonical.FIELD_CONVENTION``).
+A dense block may run on a finer grid of its own (``DenseBlockConfig.net_shape``): coarse to fine, the first
+block finds the large motion where it is cheap and the last sees (and moves) the thin OARs at the image's
+resolution; the field composed so far is resized to the finer grid before the block adds its own.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class DenseBlockConfig:
     growth: int = 6
     layers_per_block: int = 2
     probabilistic: bool = True  # False: the network predicts the velocity directly (non-generative baselines)
+    net_shape: tuple[int, int, int] | None = None  # its own grid (e.g. the image's); None: the cascade's net_shape
 
 
 @dataclass
@@ -45,7 +49,7 @@ class CascadeConfig:
     net_shape: tuple[int, int, int] = (64, 64, 64)
     affine_widths: tuple[int, ...] = (8, 12, 16, 24, 24)
     dense_blocks: list[DenseBlockConfig] = field(default_factory=lambda: [DenseBlockConfig(), DenseBlockConfig()])
-    smoothing_sigma: float = 1.0  # voxels of net_shape
+    smoothing_sigma: float = 1.0  # voxels of each dense block's grid
     integration_steps: int = 8
     affine_translation_scale: float = 10.0  # the network's translation outputs are in units of this many voxels
 
@@ -59,6 +63,27 @@ class CascadeOutput:
     log_vars: list[torch.Tensor | None] = field(default_factory=list)
     velocities: list[torch.Tensor] = field(default_factory=list)
     affine_params: torch.Tensor | None = None
+
+
+class BlockGrid(nn.Module):
+    """The fixed layers a dense block needs on its grid: the affine as a field, warping, integration, composing.
+
+    Only non-persistent buffers (identity grids, kernels): a checkpoint's weights do not depend on the grids.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], integration_steps: int) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.to_field = AffineToField(self.shape)
+        self.integrate = VecInt(self.shape, integration_steps)
+        self.warp = SpatialTransformer(self.shape)
+        self.compose = SpatialTransformer(self.shape, padding_mode="border")
+
+
+def _proportional(shape: tuple[int, ...], image_shape: tuple[int, ...]) -> bool:
+    """The affine's linear part is the same matrix in voxels of every grid only if all axes scale alike."""
+    ratios = {round((n - 1) / (m - 1), 9) for n, m in zip(shape, image_shape, strict=True)}
+    return len(ratios) == 1
 
 
 class Cascade(nn.Module):
@@ -78,11 +103,34 @@ class Cascade(nn.Module):
         self.warp_img = SpatialTransformer(config.image_shape)
         self.compose_net = SpatialTransformer(config.net_shape, padding_mode="border")
         self.register_buffer("_grid_net", identity_grid(tuple(config.net_shape)), persistent=False)
+        # a grid of its own for each block finer (or coarser) than net_shape, shared by blocks of one shape
+        self.block_shapes = [tuple(b.net_shape or config.net_shape) for b in config.dense_blocks]
+        own = sorted({s for s in self.block_shapes if s != tuple(config.net_shape)})
+        for s in own:
+            if not _proportional(s, tuple(config.image_shape)):
+                raise ValueError(f"a dense block's net_shape {s} must scale every axis of {config.image_shape} alike")
+        self.block_grids = nn.ModuleDict({_key(s): BlockGrid(s, config.integration_steps) for s in own})
 
-    def _to_net(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[2:]) == tuple(self.config.net_shape):
+    def _to_net(self, x: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        shape = tuple(shape or self.config.net_shape)
+        if tuple(x.shape[2:]) == shape:
             return x
-        return F.interpolate(x, size=self.config.net_shape, mode="trilinear", align_corners=True)
+        return F.interpolate(x, size=shape, mode="trilinear", align_corners=True)
+
+    def _grid(self, shape: tuple[int, ...]) -> tuple[AffineToField, VecInt, SpatialTransformer, SpatialTransformer]:
+        if shape == tuple(self.config.net_shape):
+            return self.to_field_net, self.integrate, self.warp_net, self.compose_net
+        g = self.block_grids[_key(shape)]
+        return g.to_field, g.integrate, g.warp, g.compose
+
+    def _affine_on(self, params: torch.Tensor, shape: tuple[int, ...], to_field: AffineToField) -> torch.Tensor:
+        """The affine block's field on ``shape``: translations (in image voxels) scale with the grid."""
+        ratio = torch.tensor(
+            [(n - 1) / (m - 1) for n, m in zip(shape, self.config.image_shape, strict=True)],
+            device=params.device,
+            dtype=params.dtype,
+        )
+        return to_field(torch.cat([params[:, :9], params[:, 9:] * ratio], dim=1))
 
     def _affine_params(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         raw = self.affine_net(torch.cat([fixed, moving], dim=1)).float()  # fp32 also under autocast
@@ -98,27 +146,30 @@ class Cascade(nn.Module):
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, sample: bool = False) -> CascadeOutput:
         """``fixed``, ``moving``: [b, 1, *image_shape] canonical images. Fields are returned on image_shape."""
         cfg = self.config
+        net_shape = tuple(cfg.net_shape)
         fixed_n, moving_n = self._to_net(fixed), self._to_net(moving)
         params = self._affine_params(fixed_n, moving_n)
         with _fp32(params):
             w = params[:, :9].view(-1, 3, 3)
             # the affine in net voxels: translations scale with the grid, the linear part does not
-            ratio = torch.tensor(
-                [(n - 1) / (m - 1) for n, m in zip(cfg.net_shape, cfg.image_shape, strict=True)],
-                device=params.device,
-                dtype=params.dtype,
-            )
-            params_net = torch.cat([params[:, :9], params[:, 9:] * ratio], dim=1)
-            affine_net_field = self.to_field_net(params_net)
+            affine_net_field = self._affine_on(params, net_shape, self.to_field_net)
             dense = torch.zeros_like(affine_net_field)
         out = CascadeOutput(
             field=affine_net_field, affine_field=affine_net_field, stage_fields=[], affine_params=params
         )
         stage_net_fields = [affine_net_field]
-        for net in self.dense_nets:
+        shape, affine_here = net_shape, affine_net_field
+        for net, block_shape in zip(self.dense_nets, self.block_shapes, strict=True):
+            to_field, integrate, warp, compose_on = self._grid(block_shape)
+            if block_shape != shape:  # the field so far, and the images, on this block's grid
+                with _fp32(params):
+                    dense = resize_field(dense, block_shape)
+                    affine_here = self._affine_on(params, block_shape, to_field)
+                fixed_n, moving_n = self._to_net(fixed, block_shape), self._to_net(moving, block_shape)
+                shape = block_shape
             with _fp32(params):
-                current = self._with_affine(dense, affine_net_field, w)
-                moved = self.warp_net(moving_n, current)
+                current = self._with_affine(dense, affine_here, w)
+                moved = warp(moving_n, current)
             mean, log_var = net(torch.cat([fixed_n, moved], dim=1))
             mean = mean.float()
             log_var = None if log_var is None else log_var.float()
@@ -127,9 +178,9 @@ class Cascade(nn.Module):
                 if sample and log_var is not None:
                     velocity = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
                 velocity = self.smooth(velocity)
-                phi = self.integrate(velocity)
-                dense = compose(dense, phi, self.compose_net)  # phi first, then what came before it
-                stage_net_fields.append(self._with_affine(dense, affine_net_field, w))
+                phi = integrate(velocity)
+                dense = compose(dense, phi, compose_on)  # phi first, then what came before it
+                stage_net_fields.append(self._with_affine(dense, affine_here, w))
             out.means.append(mean)
             out.log_vars.append(log_var)
             out.velocities.append(velocity)
@@ -146,3 +197,7 @@ class Cascade(nn.Module):
 
     def warp(self, image: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
         return self.warp_img(image, field)
+
+
+def _key(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
