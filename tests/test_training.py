@@ -89,6 +89,18 @@ def test_a_resumed_run_repeats_an_uninterrupted_one_also_from_the_first_checkpoi
     assert _losses(run) == _losses(straight) == _losses(old)  # same seeds, same random state restored
 
 
+def test_train_only_moves_the_named_parts_and_keeps_the_others_weights(caches):
+    quiet = lambda *_: None  # noqa: E731
+    start = train(_config(caches, 3, name="start"), log=quiet)
+    begin = torch.load(start / "latest.pt", weights_only=False)["model"]
+    cfg = _config(caches, 4, name="only", init_from=str(start / "latest.pt"), train_only=["dense_nets.1"])
+    end = torch.load(train(cfg, log=quiet) / "latest.pt", weights_only=False)["model"]
+    moved = {k for k in begin if not torch.equal(begin[k], end[k])}
+    assert moved and all(k.startswith("dense_nets.1.") for k in moved), sorted(moved)
+    with pytest.raises(ValueError, match="names no parameter"):
+        train(_config(caches, 1, name="none", train_only=["dense_net"]), log=quiet)
+
+
 def test_tensorboard_holds_the_losses_and_validation_dice_and_plain_logs_carry_the_eta(caches):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -87,6 +87,8 @@ class TrainConfig:
     threads: int = 2
     run_dir: str = "runs"
     init_from: str | None = None  # a checkpoint whose weights start a new run (warm start; not a resume)
+    # only these parts learn (parameter-name prefixes, e.g. ["dense_nets.1"]); the rest keeps its weights. None: all
+    train_only: list[str] | None = None
     batch_size: int = 1  # fixed patients stacked per step (per process under torchrun)
     device: str = "auto"  # auto (cuda when available), cpu or cuda
     bf16: bool = True  # bf16 autocast of the networks on CUDA; ignored on a CPU (fp32 there)
@@ -111,6 +113,23 @@ def build_model(cfg: TrainConfig) -> Cascade:
         if key in m:
             m[key] = tuple(m[key])
     return Cascade(CascadeConfig(image_shape=tuple(cfg.image_shape), dense_blocks=blocks, **m))
+
+
+def trainable_parameters(model: torch.nn.Module, prefixes: list[str] | None) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer gets: all, or those named by ``prefixes`` (the others are frozen, e.g. the
+    affine block and the first dense block while a refined last block learns on top of them)."""
+    if not prefixes:
+        return list(model.parameters())
+    chosen = []
+    for name, param in model.named_parameters():
+        keep = any(name == q or name.startswith(q + ".") for q in prefixes)
+        param.requires_grad_(keep)
+        if keep:
+            chosen.append(param)
+    if not chosen:
+        names = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+        raise ValueError(f"train_only {prefixes} names no parameter of the model (its parts: {', '.join(names)})")
+    return chosen
 
 
 # --- device, precision, processes -------------------------------------------------------------------------------
@@ -404,7 +423,7 @@ def _train(cfg: TrainConfig, log, on_step, procs: Processes, device: torch.devic
     model = build_model(cfg).to(device)
     if procs.rank:
         _seed_all(rank_seed(cfg.seed, procs.rank), gen)
-    opt = torch.optim.Adam(model.parameters(), lr=learning_rate(cfg, 0))  # the schedule is checked here
+    opt = torch.optim.Adam(trainable_parameters(model, cfg.train_only), lr=learning_rate(cfg, 0))  # checks the schedule
     state = {"step": 0, "best": -1.0, "history": []}
     latest = run / "latest.pt"
     if procs.distributed:
