@@ -44,7 +44,7 @@ def test_a_block_given_the_cascades_own_grid_is_the_same_model_as_one_given_none
     fixed, moving = _images()
     default, explicit = _cascade(None), _cascade(COARSE)
     explicit.load_state_dict(default.state_dict())
-    assert len(explicit.block_grids) == 0
+    assert list(explicit.grids) == list(default.grids) == ["16x16x16"]
     with torch.no_grad():
         a, b = default(fixed, moving), explicit(fixed, moving)
     assert torch.equal(a.field, b.field)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import AffineToField, GaussianSmoothing, SpatialTransformer, VecInt, compose, identity_grid, resize_field
+from .layers import AffineToField, GaussianSmoothing, SpatialTransformer, VecInt, compose, resize_field
 from .networks import AffineLocalization, VelocityUNet
 
 
@@ -66,7 +66,7 @@ class CascadeOutput:
 
 
 class BlockGrid(nn.Module):
-    """The fixed layers a dense block needs on its grid: the affine as a field, warping, integration, composing.
+    """The fixed layers of one of the cascade's grids: the affine as a field, warping, integration, composing.
 
     Only non-persistent buffers (identity grids, kernels): a checkpoint's weights do not depend on the grids.
     """
@@ -91,25 +91,21 @@ class Cascade(nn.Module):
         super().__init__()
         self.config = config
         self.affine_net = AffineLocalization(tuple(config.affine_widths))
-        self.to_field_net = AffineToField(config.net_shape)
-        self.to_field_img = AffineToField(config.image_shape)
         self.dense_nets = nn.ModuleList(
             VelocityUNet(tuple(b.widths), b.dense, b.growth, b.layers_per_block, b.probabilistic)
             for b in config.dense_blocks
         )
         self.smooth = GaussianSmoothing(3, config.smoothing_sigma)
-        self.integrate = VecInt(config.net_shape, config.integration_steps)
-        self.warp_net = SpatialTransformer(config.net_shape)
         self.warp_img = SpatialTransformer(config.image_shape)
-        self.compose_net = SpatialTransformer(config.net_shape, padding_mode="border")
-        self.register_buffer("_grid_net", identity_grid(tuple(config.net_shape)), persistent=False)
-        # a grid of its own for each block finer (or coarser) than net_shape, shared by blocks of one shape
-        self.block_shapes = [tuple(b.net_shape or config.net_shape) for b in config.dense_blocks]
-        own = sorted({s for s in self.block_shapes if s != tuple(config.net_shape)})
-        for s in own:
+        # the grids: net_shape's (the affine block's, and the dense blocks' unless they name their own) and each
+        # block's own, shared by the blocks of one shape
+        net_shape = tuple(config.net_shape)
+        self.block_shapes = [tuple(b.net_shape or net_shape) for b in config.dense_blocks]
+        for s in set(self.block_shapes) - {net_shape}:
             if not _proportional(s, tuple(config.image_shape)):
                 raise ValueError(f"a dense block's net_shape {s} must scale every axis of {config.image_shape} alike")
-        self.block_grids = nn.ModuleDict({_key(s): BlockGrid(s, config.integration_steps) for s in own})
+        shapes = sorted({net_shape, *self.block_shapes})
+        self.grids = nn.ModuleDict({_key(s): BlockGrid(s, config.integration_steps) for s in shapes})
 
     def _to_net(self, x: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         shape = tuple(shape or self.config.net_shape)
@@ -117,20 +113,14 @@ class Cascade(nn.Module):
             return x
         return F.interpolate(x, size=shape, mode="trilinear", align_corners=True)
 
-    def _grid(self, shape: tuple[int, ...]) -> tuple[AffineToField, VecInt, SpatialTransformer, SpatialTransformer]:
-        if shape == tuple(self.config.net_shape):
-            return self.to_field_net, self.integrate, self.warp_net, self.compose_net
-        g = self.block_grids[_key(shape)]
-        return g.to_field, g.integrate, g.warp, g.compose
-
-    def _affine_on(self, params: torch.Tensor, shape: tuple[int, ...], to_field: AffineToField) -> torch.Tensor:
-        """The affine block's field on ``shape``: translations (in image voxels) scale with the grid."""
+    def _affine_on(self, params: torch.Tensor, grid: BlockGrid) -> torch.Tensor:
+        """The affine block's field on ``grid``: translations (in image voxels) scale with the grid."""
         ratio = torch.tensor(
-            [(n - 1) / (m - 1) for n, m in zip(shape, self.config.image_shape, strict=True)],
+            [(n - 1) / (m - 1) for n, m in zip(grid.shape, self.config.image_shape, strict=True)],
             device=params.device,
             dtype=params.dtype,
         )
-        return to_field(torch.cat([params[:, :9], params[:, 9:] * ratio], dim=1))
+        return grid.to_field(torch.cat([params[:, :9], params[:, 9:] * ratio], dim=1))
 
     def _affine_params(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         raw = self.affine_net(torch.cat([fixed, moving], dim=1)).float()  # fp32 also under autocast
@@ -152,7 +142,7 @@ class Cascade(nn.Module):
         with _fp32(params):
             w = params[:, :9].view(-1, 3, 3)
             # the affine in net voxels: translations scale with the grid, the linear part does not
-            affine_net_field = self._affine_on(params, net_shape, self.to_field_net)
+            affine_net_field = self._affine_on(params, self.grids[_key(net_shape)])
             dense = torch.zeros_like(affine_net_field)
         out = CascadeOutput(
             field=affine_net_field, affine_field=affine_net_field, stage_fields=[], affine_params=params
@@ -160,16 +150,16 @@ class Cascade(nn.Module):
         stage_net_fields = [affine_net_field]
         shape, affine_here = net_shape, affine_net_field
         for net, block_shape in zip(self.dense_nets, self.block_shapes, strict=True):
-            to_field, integrate, warp, compose_on = self._grid(block_shape)
+            grid = self.grids[_key(block_shape)]
             if block_shape != shape:  # the field so far, and the images, on this block's grid
                 with _fp32(params):
                     dense = resize_field(dense, block_shape)
-                    affine_here = self._affine_on(params, block_shape, to_field)
+                    affine_here = self._affine_on(params, grid)
                 fixed_n, moving_n = self._to_net(fixed, block_shape), self._to_net(moving, block_shape)
                 shape = block_shape
             with _fp32(params):
                 current = self._with_affine(dense, affine_here, w)
-                moved = warp(moving_n, current)
+                moved = grid.warp(moving_n, current)
             mean, log_var = net(torch.cat([fixed_n, moved], dim=1))
             mean = mean.float()
             log_var = None if log_var is None else log_var.float()
@@ -178,8 +168,8 @@ class Cascade(nn.Module):
                 if sample and log_var is not None:
                     velocity = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
                 velocity = self.smooth(velocity)
-                phi = integrate(velocity)
-                dense = compose(dense, phi, compose_on)  # phi first, then what came before it
+                phi = grid.integrate(velocity)
+                dense = compose(dense, phi, grid.compose)  # phi first, then what came before it
                 stage_net_fields.append(self._with_affine(dense, affine_here, w))
             out.means.append(mean)
             out.log_vars.append(log_var)
