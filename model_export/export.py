@@ -41,7 +41,7 @@ from oarmorph import __version__
 from pipeline.atlas import load_atlas
 from training.inference import CANONICAL_SHAPE, InferenceCascade, load_checkpoint, train_config_from_checkpoint
 from training.networks import count_parameters
-from training.train import build_model
+from training.train import build_model, stage_of_note
 
 from .card import (
     ATLAS_DIR_NAME,
@@ -118,17 +118,17 @@ def training_data_summary(config: dict, atlas_case: str | None) -> dict:
 
 
 def validation_table(state: dict) -> dict:
-    """The checkpoint's validation history: its best entry (highest cascade mean Dice) and its last."""
+    """The checkpoint's validation history: its best entry (by the Dice the run ranked ``best.pt`` with: the
+    128^3 one when it has it, ``training.train.stage_of_note``) and its last."""
     history = [h for h in state.get("history", []) if isinstance(h, dict) and "cascade" in h]
     if not history:
         return {"n_validations": 0, "best": None, "last": None}
-    best = max(history, key=lambda h: h["cascade"].get("mean", -1.0))
-    return {
-        "n_validations": len(history),
-        "metric": "Dice on the validation split, canonical grid, per OAR and mean (training.train.evaluate)",
-        "best": best,
-        "last": history[-1],
-    }
+    ranked_by = stage_of_note(history[-1])
+    best = max(history, key=lambda h: h.get(ranked_by, {}).get("mean", -1.0))
+    metric = "Dice on the validation split, canonical grid, per OAR and mean (training.train.evaluate)"
+    if ranked_by == "fine":
+        metric += "; best by the whole-grid 128^3 Dice (fine, training.fine_masks.fine_dice)"
+    return {"n_validations": len(history), "metric": metric, "ranked_by": ranked_by, "best": best, "last": history[-1]}
 
 
 def _atlas_card(atlas, source_dir: Path, out_dir: Path, copied: bool, baked_shape) -> dict:

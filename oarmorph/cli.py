@@ -809,11 +809,13 @@ def export_command(
             )
         except ExportError as exc:
             _fail(exc)
-        best = (card["validation"].get("best") or {}).get("cascade", {}).get("mean")
+        ranked_by = card["validation"].get("ranked_by", "cascade")
+        best = (card["validation"].get("best") or {}).get(ranked_by, {}).get("mean")
+        grid = " at 128^3" if ranked_by == "fine" else ""
         typer.echo(
             f"{card['name']} {card['version']}: {len(card['oars'])} OARs, atlas {card['atlas']['case_id']} "
             f"({card['atlas']['sha256'][:12]}...), step {card['checkpoint']['step']}"
-            + (f", best validation Dice {best:.3f}" if best is not None else "")
+            + (f", best validation Dice{grid} {best:.3f}" if best is not None else "")
         )
 
     _inference_run(go)

@@ -283,3 +283,18 @@ def test_pytorch_still_runs_an_exported_directory_from_its_checkpoint(exported, 
     assert res.exit_code == 0, res.output
     assert "step" in json.loads((tmp_path / "m" / "summary.json").read_text())["model"]
     assert np.isfinite(read_volume(tmp_path / "m" / "Brainstem.nii.gz").array).all()
+
+
+def test_the_card_names_the_best_validation_by_the_dice_the_run_ranked_best_pt_with():
+    from model_export.export import validation_table
+
+    def entry(step, canonical, fine=None):
+        out = {"step": step, "cascade": {"mean": canonical}, "affine": {"mean": 0.5}}
+        if fine is not None:
+            out["fine"] = {"mean": fine}
+        return out
+
+    plain = validation_table({"history": [entry(10, 0.70), entry(20, 0.72), entry(30, 0.71)]})
+    assert plain["ranked_by"] == "cascade" and plain["best"]["step"] == 20 and plain["last"]["step"] == 30
+    fine = validation_table({"history": [entry(10, 0.70, 0.66), entry(20, 0.72, 0.65), entry(30, 0.71, 0.64)]})
+    assert fine["ranked_by"] == "fine" and fine["best"]["step"] == 10 and "128^3" in fine["metric"]

@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import io
 import itertools
+import json
 import shutil
 import warnings
 
@@ -207,6 +208,36 @@ def test_seg_within_known_ignores_the_contours_where_the_scan_holds_no_data(cach
     assert seg(within, cut) == pytest.approx(seg(within, garbled), rel=1e-6)  # beyond the scan: not counted
     assert seg(cfg, cut) != pytest.approx(seg(cfg, garbled), rel=1e-3)  # the runs before the option: counted
     assert seg(within, case) != pytest.approx(seg(within, cut), rel=1e-3)  # and the known mask is what decides
+
+
+def test_the_oar_term_at_the_canonical_resolution_trains_validates_and_ranks_best_by_it(caches):
+    """weight_seg_fine: a 16^3 run on the 32^3 cache scores its OARs at 32^3 too; the CSV and validation carry it."""
+    model = {"net_shape": [8, 8, 8], "affine_widths": [8, 8, 8]}
+    cfg = _config(
+        caches, 20, image_shape=(16, 16, 16), model=model, weight_seg_fine=2.0, seg_fine_margin=2, validate_every=10
+    )
+    messages = []
+    run = train(cfg, log=messages.append)
+    rows = _rows(run)
+    assert len(rows) == 20 and all(float(r["seg_fine"]) > 0 for r in rows)
+    validated = [r for r in rows if r["val_fine"]]
+    assert [int(r["step"]) for r in validated] == [10, 20]
+    history = json.loads((run / "validation.json").read_text())
+    fine = [h["fine"]["mean"] for h in history]
+    assert all(0.0 < d <= 1.0 for d in fine) and [float(r["val_fine"]) for r in validated] == pytest.approx(
+        fine, abs=1e-4
+    )
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert best["state"]["best"] == pytest.approx(max(fine))  # ranked by the 128^3 (here 32^3) Dice
+    assert any("at 128^3" in m for m in messages)
+    # the term is the OAR overlap: a still field on a shifted patient costs more than the atlas on itself
+    cases = load_split(cfg.cache_train, cfg.oars, cfg.image_shape, fine_margin=2)
+    torch.manual_seed(0)
+    net = build_model(dataclasses.replace(cfg, model={**model, "dense_blocks": [{"probabilistic": False}]}))
+    terms = [
+        float(loss_terms(net, cfg, c, cases[0], torch.Generator().manual_seed(0))["seg_fine"].detach()) for c in cases
+    ]
+    assert terms[0] < 0.05 < min(terms[1:])
 
 
 def test_bf16_autocast_is_for_cuda_only_and_a_cpu_config_resolves_to_none():

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from imaging.canonical import shift_arrays, window_shift
 
 from .cache import CachedCase, load_cached
+from .fine_masks import FineMask, crop
 
 
 @dataclass
@@ -23,6 +24,9 @@ class CaseTensors:
     present: torch.Tensor  # [n_oars] float32 0/1
     top_cut: bool
     window_shift: tuple[int, int] = (0, 0)  # (dk, dj) canonical voxels applied to match the atlas
+    # the OARs at the canonical resolution (training.fine_masks), one per OAR (None where absent), when asked for
+    fine: list[FineMask | None] | None = None
+    fine_known: torch.Tensor | None = None  # uint8 [128, 128, 128]: the known mask there (validation only)
 
     def to(self, device: torch.device | str) -> CaseTensors:
         """The same case with its tensors on ``device`` (moved once, when training starts)."""
@@ -32,6 +36,8 @@ class CaseTensors:
             known=self.known.to(device),
             masks=self.masks.to(device),
             present=self.present.to(device),
+            fine=None if self.fine is None else [None if f is None else f.to(device) for f in self.fine],
+            fine_known=None if self.fine_known is None else self.fine_known.to(device),
         )
 
 
@@ -43,10 +49,17 @@ def _resize(x: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
 
 
 def load_case(
-    path: Path, oars: list[str], shape: tuple[int, int, int], align_to: CachedCase | None = None
+    path: Path,
+    oars: list[str],
+    shape: tuple[int, int, int],
+    align_to: CachedCase | None = None,
+    fine_margin: int | None = None,
+    fine_known: bool = False,
 ) -> CaseTensors:
     """A cached case at the training resolution; with ``align_to``, its window is first shifted onto the atlas's
-    (``imaging.canonical.window_shift``: whole canonical voxels, so the field contract is untouched)."""
+    (``imaging.canonical.window_shift``: whole canonical voxels, so the field contract is untouched). With
+    ``fine_margin``, also each OAR's canonical mask on its box grown by that many voxels (``training.fine_masks``)
+    and, with ``fine_known``, the canonical known mask."""
     cached = load_cached(path)
     shift = (0, 0)
     if align_to is not None and cached.case_id != align_to.case_id:
@@ -61,6 +74,12 @@ def load_case(
         if name in cached.masks:
             masks[n] = _resize(moved(cached.masks[name]), shape)[0]
             present[n] = 1.0
+    fine, known_fine = None, None
+    if fine_margin is not None:
+        known = moved(cached.known)
+        fine = [crop(moved(cached.masks[name]), known, fine_margin) if name in cached.masks else None for name in oars]
+        if fine_known:
+            known_fine = torch.from_numpy(np.rint(np.clip(known, 0.0, 1.0) * 255).astype(np.uint8))
     return CaseTensors(
         cached.case_id,
         _resize(moved(cached.image), shape).half(),
@@ -69,6 +88,8 @@ def load_case(
         present,
         cached.frame.top_cut,
         shift,
+        fine,
+        known_fine,
     )
 
 
@@ -77,9 +98,14 @@ def cache_paths(cache_dir: str | Path) -> list[Path]:
 
 
 def load_split(
-    cache_dir: str | Path, oars: list[str], shape: tuple[int, int, int], align_to: CachedCase | None = None
+    cache_dir: str | Path,
+    oars: list[str],
+    shape: tuple[int, int, int],
+    align_to: CachedCase | None = None,
+    fine_margin: int | None = None,
+    fine_known: bool = False,
 ) -> list[CaseTensors]:
-    return [load_case(p, oars, shape, align_to) for p in cache_paths(cache_dir)]
+    return [load_case(p, oars, shape, align_to, fine_margin, fine_known) for p in cache_paths(cache_dir)]
 
 
 def choose_atlas(cache_dir: str | Path, oars: list[str]) -> Path:

@@ -35,10 +35,12 @@ from torch.nn.parallel import DistributedDataParallel
 from .cache import load_cached
 from .cascade import Cascade, CascadeConfig, DenseBlockConfig
 from .data import CaseTensors, choose_atlas, load_split
+from .fine_masks import fine_dice, fine_soft_dice
 from .losses import gradient_smoothness, kl_divergence, mi_loss, mmd, segmentation_mse, segmentation_soft_dice
 
 SEG_LOSSES = {"mse": segmentation_mse, "dice": segmentation_soft_dice}
 TERMS = ("total", "mi", "seg", "kl", "smooth", "mmd")
+FINE_TERMS = ("seg_fine",)  # logged (after the validation columns) only by runs that have the term
 _DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 
@@ -77,6 +79,12 @@ class TrainConfig:
     # shorter than the canonical window cuts its contours at the scan's end, and the atlas OAR beyond it is no
     # error (the inference path clips there too: the patient's grid ends). Off: the runs before it was added.
     seg_within_known: bool = False
+    # The OAR term again at the canonical 128^3 resolution on each OAR's box grown by seg_fine_margin voxels
+    # (training.fine_masks; seg_fine_points of a box at most, drawn each step), weight_seg_fine; 0: off. When on,
+    # validation also scores every OAR on the whole 128^3 grid ("fine"), and best.pt is the best of that.
+    weight_seg_fine: float = 0.0
+    seg_fine_margin: int = 6
+    seg_fine_points: int | None = 8192
     weight_kl: float = 0.05
     weight_smooth: float = 0.0
     weight_mmd: float = 0.0
@@ -258,10 +266,15 @@ def evaluate(
     model: Cascade, atlas: CaseTensors, cases: list[CaseTensors], oars: list[str], within_known: bool = False
 ) -> dict:
     """Mean Dice per OAR (canonical grid, threshold 0.5) for the full cascade and the affine stage alone;
-    ``within_known``: inside each patient's known mask only (``TrainConfig.seg_within_known``)."""
+    ``within_known``: inside each patient's known mask only (``TrainConfig.seg_within_known``). When the cases
+    and the atlas carry their 128^3 crops (``TrainConfig.weight_seg_fine``), also the cascade's on the 128^3
+    grid ("fine", ``training.fine_masks.fine_dice``)."""
     model = _unwrap(model)
     model.eval()
     scores: dict[str, dict[str, list[float]]] = {"cascade": {o: [] for o in oars}, "affine": {o: [] for o in oars}}
+    fine = atlas.fine is not None and all(c.fine is not None and c.fine_known is not None for c in cases)
+    if fine:
+        scores["fine"] = {o: [] for o in oars}
     with torch.no_grad():
         moving = atlas.image.float()[None]
         masks = atlas.masks.float()[None]
@@ -273,12 +286,21 @@ def evaluate(
                     warped, target = warped * case.known.float(), target * case.known.float()
                 for n, d in dice_per_oar(warped, target, case.present).items():
                     scores[stage][oars[n]].append(d)
+            if fine:
+                known = case.fine_known.float() / 255.0
+                for n, d in fine_dice(out.field.float(), case.fine, known, atlas.fine, within_known).items():
+                    scores["fine"][oars[n]].append(d)
     model.train()
     summary = {}
     for stage, per in scores.items():
         means = {o: float(np.mean(v)) for o, v in per.items() if v}
         summary[stage] = {"per_oar": means, "mean": float(np.mean(list(means.values()))) if means else 0.0}
     return summary
+
+
+def stage_of_note(summary: dict) -> str:
+    """The validation the run ranks checkpoints by: the 128^3 Dice when the run has it, else the canonical."""
+    return "fine" if "fine" in summary else "cascade"
 
 
 def loss_terms(
@@ -314,7 +336,18 @@ def loss_terms(
     target = torch.stack([c.masks for c in cases]).float()
     if cfg.seg_within_known:
         warped_masks, target = warped_masks * known_f, target * known_f
-    terms["seg"] = SEG_LOSSES[cfg.seg_loss](warped_masks, target, torch.stack([c.present for c in cases]))
+    present = torch.stack([c.present for c in cases])
+    terms["seg"] = SEG_LOSSES[cfg.seg_loss](warped_masks, target, present)
+    if cfg.weight_seg_fine:
+        terms["seg_fine"] = fine_soft_dice(
+            out.field.float(),
+            [c.fine for c in cases],
+            atlas.fine,
+            present,
+            cfg.seg_within_known,
+            cfg.seg_fine_points,
+            gen,
+        )
     if cfg.weight_kl:
         terms["kl"] = sum(
             kl_divergence(mu.float(), lv.float(), cfg.prior_lambda)
@@ -328,6 +361,7 @@ def loss_terms(
     weights = {
         "mi": cfg.weight_mi,
         "seg": cfg.weight_seg,
+        "seg_fine": cfg.weight_seg_fine,
         "kl": cfg.weight_kl,
         "smooth": cfg.weight_smooth,
         "mmd": cfg.weight_mmd,
@@ -409,9 +443,10 @@ def _train(cfg: TrainConfig, log, on_step, procs: Processes, device: torch.devic
     )
     align_to = load_cached(atlas_path) if cfg.align_windows else None
     # the data pipeline: cached canonical cases, resized once, held in memory and moved to the device once
-    train_cases = [c.to(device) for c in load_split(cfg.cache_train, cfg.oars, cfg.image_shape, align_to)]
+    fine_margin = cfg.seg_fine_margin if cfg.weight_seg_fine else None
+    train_cases = [c.to(device) for c in load_split(cfg.cache_train, cfg.oars, cfg.image_shape, align_to, fine_margin)]
     val_cases = (
-        [c.to(device) for c in load_split(cfg.cache_validation, cfg.oars, cfg.image_shape, align_to)]
+        [c.to(device) for c in load_split(cfg.cache_validation, cfg.oars, cfg.image_shape, align_to, fine_margin, True)]
         if procs.main
         else []
     )
@@ -504,7 +539,8 @@ def _train(cfg: TrainConfig, log, on_step, procs: Processes, device: torch.devic
             csv_writer = csv.writer(fh)
             if new_log:
                 csv_writer.writerow(
-                    ["step", "seconds", "total", "mi", "seg", "kl", "smooth", "mmd", "val_dice", "val_affine"]
+                    ["step", "seconds", *TERMS, "val_dice", "val_affine"]
+                    + ([*FINE_TERMS, "val_fine"] if cfg.weight_seg_fine else [])
                 )
         start = time.perf_counter()
         first_step = state["step"]
@@ -521,7 +557,7 @@ def _train(cfg: TrainConfig, log, on_step, procs: Processes, device: torch.devic
             opt.step()
             state["step"] += 1
             step = state["step"]
-            keys = [k for k in TERMS if k in terms]
+            keys = [k for k in (*TERMS, *FINE_TERMS) if k in terms]
             local = torch.stack([torch.as_tensor(terms[k], device=device).detach().float() for k in keys])
             mean = local.clone()
             if procs.distributed:  # the logs show the mean over the ranks' patients
@@ -553,27 +589,33 @@ def _train(cfg: TrainConfig, log, on_step, procs: Processes, device: torch.devic
                     writer.add_scalar(f"loss/{k}", v, step)
                 writer.add_scalar("lr", lr, step)
             val = ["", ""]
+            fine_row = [round(value[k], 5) if k in value else "" for k in FINE_TERMS] + [""]
             if step % cfg.validate_every == 0 or step == cfg.steps:
                 summary = evaluate(core, atlas, val_cases, cfg.oars, cfg.seg_within_known)
                 val = [round(summary["cascade"]["mean"], 4), round(summary["affine"]["mean"], 4)]
-                last_val = val[0]
+                stages = [k for k in ("cascade", "affine", "fine") if k in summary]
+                ranked = summary[stage_of_note(summary)]["mean"]
+                last_val = round(ranked, 4)
+                fine_row[-1] = round(summary["fine"]["mean"], 4) if "fine" in summary else ""
                 state["history"].append({"step": step, **summary})
                 (run / "validation.json").write_text(json.dumps(state["history"], indent=2))
-                if summary["cascade"]["mean"] > state["best"]:
-                    state["best"] = summary["cascade"]["mean"]
+                if ranked > state["best"]:
+                    state["best"] = ranked
                     save(run / "best.pt")
                 if writer is not None:
-                    for stage, tag in (("cascade", "dice"), ("affine", "affine_dice")):
+                    for stage in stages:
+                        tag = {"cascade": "dice", "affine": "affine_dice", "fine": "fine_dice"}[stage]
                         writer.add_scalar(f"val/{tag}_mean", summary[stage]["mean"], step)
                         for o, d in summary[stage]["per_oar"].items():
                             writer.add_scalar(f"val/{tag}/{o}", d, step)
+                fine_note = f", at 128^3 {summary['fine']['mean']:.3f}" if "fine" in summary else ""
                 log(
-                    f"step {step}: validation Dice {val[0]:.3f} (affine {val[1]:.3f}) "
-                    + " ".join(f"{o}={d:.2f}" for o, d in summary["cascade"]["per_oar"].items())
+                    f"step {step}: validation Dice {val[0]:.3f} (affine {val[1]:.3f}{fine_note}) "
+                    + " ".join(f"{o}={d:.2f}" for o, d in summary[stage_of_note(summary)]["per_oar"].items())
                 )
                 if procs.distributed:
                     dist.barrier()
-            csv_writer.writerow(row + val)
+            csv_writer.writerow(row + val + (fine_row if cfg.weight_seg_fine else []))
             per_step = seconds / max(step - first_step, 1)
             if bar is not None:
                 post = {"loss": f"{value['total']:.4f}", "mi": f"{value['mi']:.3f}", "seg": f"{value['seg']:.4f}"}
