@@ -68,6 +68,7 @@ def load_case(
     def moved(a: np.ndarray) -> np.ndarray:
         return shift_arrays(a, *shift) if shift != (0, 0) else a
 
+    known = moved(cached.known)
     masks = torch.zeros(len(oars), *shape)
     present = torch.zeros(len(oars))
     for n, name in enumerate(oars):
@@ -76,14 +77,13 @@ def load_case(
             present[n] = 1.0
     fine, known_fine = None, None
     if fine_margin is not None:
-        known = moved(cached.known)
         fine = [crop(moved(cached.masks[name]), known, fine_margin) if name in cached.masks else None for name in oars]
         if fine_known:
             known_fine = torch.from_numpy(np.rint(np.clip(known, 0.0, 1.0) * 255).astype(np.uint8))
     return CaseTensors(
         cached.case_id,
         _resize(moved(cached.image), shape).half(),
-        _resize(moved(cached.known), shape).half(),
+        _resize(known, shape).half(),
         masks.half(),
         present,
         cached.frame.top_cut,

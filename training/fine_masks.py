@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imaging.volume import nonzero_box
+
 
 @dataclass
 class FineMask:
@@ -47,13 +49,12 @@ class FineMask:
 
 def crop(mask: np.ndarray, known: np.ndarray, margin: int) -> FineMask | None:
     """The mask's non-zero box grown by ``margin`` voxels (within the grid, at least 2 voxels a side), or None."""
-    nz = np.nonzero(mask > 0)
-    if not nz[0].size:
+    grown = nonzero_box(mask, margin)
+    if grown is None:
         return None
     lo, hi = [], []
-    for axis, idx in enumerate(nz):
-        n = mask.shape[axis]
-        a, b = max(int(idx.min()) - margin, 0), min(int(idx.max()) + 1 + margin, n)
+    for axis, side in enumerate(grown):
+        n, a, b = mask.shape[axis], side.start, side.stop
         if b - a < 2:  # trilinear sampling of a crop needs two voxels along each axis
             a, b = (a, a + 2) if a + 2 <= n else (b - 2, b)
         lo.append(a)
