@@ -149,8 +149,9 @@ def test_the_shipped_phantom_model_contours_the_phantom_patient_with_mean_dice_a
     for name, value in table.items():
         print(f"  {name:<18} {value:.3f}")
     # The shipped model (phantom_proposed_cpu 0.8.0: 0.6.0 and 1550 steps on mixes with full-size scans)
-    # measured 0.806 here (0.7.0: 0.804; 0.6.0: 0.819; 0.5.0: 0.799; 0.4.0: 0.759; 0.3.0: 0.722; 0.2.0: 0.713; 0.1.0: 0.732): it must not
-    # fall below the floor, and below the 0.8 it is reported as a known gap.
+    # measured 0.806 here (0.7.0: 0.804; 0.6.0: 0.819; 0.5.0: 0.799; 0.4.0: 0.759; 0.3.0: 0.722;
+    # 0.2.0: 0.713; 0.1.0: 0.732): it must not fall below the floor, and below the 0.8 it is
+    # reported as a known gap.
     assert mean >= PHANTOM_MODEL_FLOOR, table
     if mean < 0.8:
         pytest.xfail(f"mean Dice {mean:.3f} is below the target 0.8: the shipped phantom model is still training")
