@@ -7,6 +7,9 @@ patient voxel centre p (LPS):
       --trilinear u(x), held at its border value outside the window--> y = x + u(x)
       --atlas frame--> q (atlas LPS) --atlas mask grid^-1--> sample the atlas mask (trilinear), keep >= 0.5
 
+(0.5, ``MASK_THRESHOLD``, unless the model carries thresholds of its own per OAR, calibrated on patients:
+``training.calibration``.)
+
 Only the field is coarse: the atlas masks are sampled at their own resolution and the result lands on the
 patient's own grid, so lenses, optic nerves and cochleae survive. Each OAR is evaluated only inside its own
 bounding box, found cheaply from where the field sends the fixed canonical voxels; that is what keeps 36
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,6 +29,7 @@ from scipy import ndimage
 
 from .volume import Geometry, nonzero_box
 
+MASK_THRESHOLD = 0.5  # where a warped soft atlas mask becomes the contour, for an OAR without a calibrated one
 _CHUNK_VOXELS = 1 << 21  # points evaluated at once: bounds the temporary arrays to ~100 MB
 
 
@@ -34,7 +38,7 @@ class WarpedMask:
     """An OAR on the patient grid, stored as its bounding box (a full 512^2 x 200 array per OAR would not fit)."""
 
     box_start: tuple[int, int, int]  # (k0, j0, i0) on the patient grid
-    array: np.ndarray  # uint8 [k, j, i] inside the box
+    array: np.ndarray  # uint8 [k, j, i] inside the box (float32 soft values when warped with threshold=None)
     grid_shape: tuple[int, int, int]
     voxel_volume_mm3: float
     reaches_window_border: bool  # part of it comes from where the field is held at its border value
@@ -52,9 +56,14 @@ class WarpedMask:
         return tuple(slice(s, s + n) for s, n in zip(self.box_start, self.array.shape, strict=True))  # type: ignore[return-value]
 
     def full(self) -> np.ndarray:
-        out = np.zeros(self.grid_shape, np.uint8)
+        out = np.zeros(self.grid_shape, self.array.dtype)
         out[self.slices()] = self.array
         return out
+
+    def at_level(self, level: float) -> WarpedMask:
+        """A soft mask (``warp_masks_to_patient(..., threshold=None)``) as the contour at ``level``: the very voxels
+        the warp at that level keeps (its flags stay the soft mask's)."""
+        return replace(self, array=(self.array >= threshold_of(level, "at_level")).astype(np.uint8))
 
 
 def _sample(array: np.ndarray, coords_kji: np.ndarray, mode: str) -> np.ndarray:
@@ -206,6 +215,14 @@ def crop_to_content(mask: np.ndarray, geometry: Geometry, pad: int = 1) -> tuple
     return mask[box], geometry.sub_grid(tuple(b.start for b in box), tuple(b.stop for b in box))
 
 
+def threshold_of(threshold: float | Mapping[str, float], name: str) -> float:
+    """The level at which OAR ``name``'s warped soft mask becomes its contour; refused outside (0, 1]."""
+    level = float(threshold.get(name, MASK_THRESHOLD) if isinstance(threshold, Mapping) else threshold)
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"mask threshold for {name} must lie in (0, 1], got {level}")
+    return level
+
+
 def _mask_box_lps(mask_array: np.ndarray, geometry: Geometry) -> np.ndarray:
     lo = np.zeros(3) - 0.5
     hi = np.array(mask_array.shape, float) - 0.5
@@ -219,10 +236,15 @@ def warp_masks_to_patient(
     displacement: np.ndarray,
     patient: Geometry,
     *,
-    threshold: float = 0.5,
+    threshold: float | Mapping[str, float] | None = MASK_THRESHOLD,
     margin_mm: float = 6.0,
 ) -> dict[str, WarpedMask]:
-    """Warp every atlas OAR (``name -> (mask [k, j, i], its geometry)``) onto the patient grid."""
+    """Warp every atlas OAR (``name -> (mask [k, j, i], its geometry)``) onto the patient grid.
+
+    ``threshold``: one level for every OAR, or a level per OAR name (``MASK_THRESHOLD`` for a name it lacks).
+    A level must lie in (0, 1]; the OAR's box bounds where its warped mask is non-zero, so it holds any level.
+    None: the soft values themselves (float32), for choosing levels (``WarpedMask.at_level``)."""
+    levels = {name: None if threshold is None else threshold_of(threshold, name) for name in atlas_masks}
     displacement = np.asarray(displacement, np.float32)
     if displacement.shape != (3, *fixed_frame.shape):
         raise ValueError(f"displacement must have shape (3, {fixed_frame.shape}), got {displacement.shape}")
@@ -277,7 +299,8 @@ def warp_masks_to_patient(
             mask, mask_geometry, p_lo, p_hi = located[n][:4]
             sub = patient.sub_grid((k0, int(p_lo[1]), int(p_lo[2])), (k1, int(p_hi[1]), int(p_hi[2])))
             values = _sample_mask_on_grid(mask, mask_geometry, sub, fixed_frame, atlas_frame, displacement)
-            return (values >= threshold).astype(np.uint8)
+            level = levels[items[n][0]]
+            return values if level is None else (values >= level).astype(np.uint8)
 
         slabs = list(run(sample_slab, tasks))
     finally:

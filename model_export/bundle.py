@@ -19,6 +19,7 @@ from .card import (
     ModelAtlasMismatchError,
     ModelBundleError,
     compare_metadata,
+    mask_thresholds,
     read_card,
     resolve_atlas_dir,
 )
@@ -42,6 +43,10 @@ class LoadedModel:
     def name(self) -> str:
         return f"{self.card['name']} {self.card['version']}"
 
+    @property
+    def mask_thresholds(self) -> dict[str, float] | None:
+        return mask_thresholds(self.card)
+
     def summary(self) -> dict:
         """What a segmentation's summary.json records about the model."""
         return {
@@ -53,6 +58,7 @@ class LoadedModel:
             "checkpoint_step": self.card.get("checkpoint", {}).get("step"),
             "atlas_case": self.card["atlas"].get("case_id"),
             "align_windows": self.align_windows,
+            "mask_thresholds": self.mask_thresholds,
         }
 
 
@@ -79,6 +85,9 @@ def load_model_dir(
     seg_atlas = load_atlas(atlas_dir, expected_sha256=card["atlas"]["sha256"])  # every file against its sha256
     if list(seg_atlas.oars) != list(card["oars"]):
         raise ModelAtlasMismatchError(f"atlas {atlas_dir} holds {seg_atlas.oars}, the model card {card['oars']}")
+    foreign = sorted(set(mask_thresholds(card) or {}) - set(seg_atlas.oars))
+    if foreign:
+        raise ModelBundleError(f"the card of {folder} holds mask thresholds for OARs its atlas lacks: {foreign}")
     if warmup:
         register.warm_up()
     return LoadedModel(folder, card, seg_atlas, atlas_dir, register)

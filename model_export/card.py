@@ -10,6 +10,9 @@ A model directory is one versioned bundle:
                     a path relative to the model directory and its sha256, e.g. OpenKBP's, which may not be copied)
     checkpoint.pt   the training weights (model, config, atlas case, validation history), for the torch path
 
+A card may carry ``mask_thresholds`` (OAR -> level) and their ``calibration`` (``training.calibration``): the levels
+at which this model's warped soft masks become contours; ``mask_thresholds(card)`` reads them, None without.
+
 Loading checks that the three belong together: the atlas bundle's sha256 must be the one the card and the ONNX
 metadata record, or the model is refused (``ModelAtlasMismatchError``, ``MODEL_ATLAS_MISMATCH``): a model whose
 baked atlas image is not the atlas whose masks get warped would contour the wrong anatomy without any error.
@@ -76,6 +79,18 @@ def card_from_metadata(metadata: Mapping[str, str]) -> dict:
         except (TypeError, ValueError):
             continue
     return card
+
+
+def mask_thresholds(card: Mapping) -> dict[str, float] | None:
+    """The card's calibrated mask level per OAR (None for a model without: 0.5 for every OAR)."""
+    levels = card.get("mask_thresholds")
+    if levels is None:
+        return None
+    if not isinstance(levels, Mapping) or not all(
+        isinstance(v, int | float) and 0.0 < float(v) <= 1.0 for v in levels.values()
+    ):
+        raise ModelBundleError(f"the card's mask_thresholds must map OAR names to levels in (0, 1], got {levels!r}")
+    return {str(k): float(v) for k, v in levels.items()}
 
 
 def read_card(model_dir: str | Path) -> dict:

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +224,28 @@ def build_card(
     }
 
 
+def calibration_card(calibration: Mapping, card: Mapping) -> dict:
+    """The card's ``mask_thresholds`` and ``calibration`` entries from a calibration document, refused when it was
+    fitted to other weights or names OARs the model does not have."""
+    weights = card["checkpoint"]["weights_sha256"]
+    if calibration.get("weights_sha256") != weights:
+        raise ExportError(
+            f"the mask thresholds were calibrated for weights {str(calibration.get('weights_sha256'))[:12]}..., "
+            f"not these ({weights[:12]}...): calibrate this checkpoint (`oarmorph calibrate`)"
+        )
+    levels = dict(calibration["thresholds"])
+    foreign = sorted(set(levels) - set(card["oars"]))
+    if foreign:
+        raise ExportError(f"the mask thresholds name OARs the model does not have: {foreign}")
+    if not all(isinstance(v, int | float) and 0.0 < float(v) <= 1.0 for v in levels.values()):
+        raise ExportError("mask thresholds must lie in (0, 1]")
+    keep = ("cohort", "cases", "grid", "mean_dice", "patients_per_oar", "dice_per_level")
+    return {
+        "mask_thresholds": {k: float(v) for k, v in levels.items()},
+        "calibration": {k: calibration[k] for k in keep if k in calibration},
+    }
+
+
 def export_onnx(model: InferenceCascade, path: str | Path, opset: int = OPSET) -> None:
     """The TorchScript exporter at a fixed 128^3 shape (the tracer's warnings are about constants it keeps)."""
     example = torch.full((1, 1, *CANONICAL_SHAPE), 0.5)
@@ -409,11 +431,14 @@ def export_model(
     copy_atlas: bool = True,
     log: Callable[[str], None] = print,
     source_label: str | None = None,
+    calibration: Mapping | None = None,
 ) -> dict:
     """Write ``out_dir`` (model.onnx, card.json, checkpoint.pt and, with ``copy_atlas``, atlas/); returns the card.
 
     ``source_label``: what the card records as the checkpoint's origin (default: its path), e.g. the run's
-    ``best.pt`` when a copy of it was exported because the run keeps rewriting it."""
+    ``best.pt`` when a copy of it was exported because the run keeps rewriting it. ``calibration``: a mask-threshold
+    calibration of these very weights (``training.calibration``; its ``weights_sha256`` must be theirs), written
+    into the card as ``mask_thresholds`` and ``calibration``."""
     out = Path(out_dir)
     atlas_source = Path(atlas_bundle)
     atlas = load_atlas(atlas_source)  # verified; its canonical image is THE preprocessing of its CT
@@ -440,6 +465,8 @@ def export_model(
         name or out.name, version, ckpt, source_label or str(checkpoint), atlas, atlas_source, out, copy_atlas, model
     )
     card["onnx"]["operators"] = dict(sorted(ops.items()))
+    if calibration is not None:
+        card.update(calibration_card(calibration, card))
     proto.producer_name = "oarmorph"
     proto.producer_version = __version__
     proto.doc_string = f"{card['name']} {card['version']}: {FIELD_CONVENTION}"

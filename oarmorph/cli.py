@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     code = getattr(exc, "code", "ERROR")
     message = getattr(exc, "message", str(exc))
     typer.secho(f"error [{code}]: {message}", err=True, fg=typer.colors.RED)
@@ -682,6 +682,7 @@ def segment_command(
         from types import SimpleNamespace
 
         from imaging.io import read_ct
+        from model_export.card import CARD_NAME, mask_thresholds, read_card
         from pipeline.model_dir import resolve_model
         from pipeline.output import write_segmentation
         from pipeline.structure_set import contour_to_rtstruct
@@ -705,6 +706,8 @@ def segment_command(
             register, cfg, meta = _load_registration(source.checkpoint, atlas, threads)
             align_windows = cfg.align_windows
             card = {"name": cfg.name, "version": f"checkpoint {source.checkpoint.name}"}
+            if checkpoint is None and model_dir is not None and (model_dir / CARD_NAME).is_file():
+                card["mask_thresholds"] = read_card(model_dir).get("mask_thresholds")  # the torch path, same levels
             model = SimpleNamespace(atlas=atlas, register=register, align_windows=align_windows, card=card)
         volume = read_ct(ct, series_uid=series, fill_gaps=fill_gaps)
         if out is not None and not volume.meta.get("sop_instance_uids"):
@@ -716,7 +719,7 @@ def segment_command(
         else:
             from pipeline.segment import segment_ct
 
-            result = segment_ct(volume, atlas, model.register, align_windows)
+            result = segment_ct(volume, atlas, model.register, align_windows, thresholds=mask_thresholds(model.card))
         if masks_dir is None:
             for warning in result.warnings:
                 typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
@@ -750,13 +753,25 @@ def evaluate_command(
     split: Annotated[str | None, typer.Option("--split", help="Only this split of the cohort's split.json.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N patients.")] = None,
     threads: ThreadsOpt = 2,
+    thresholds: Annotated[
+        Path | None,
+        typer.Option(
+            "--thresholds",
+            help="Mask thresholds (`oarmorph calibrate`) for the models given as checkpoints; a model directory "
+            "uses its card's.",
+        ),
+    ] = None,
 ) -> None:
     """Dice, HD95, folding and time per OAR and method on a cohort, through the same pipeline as segment."""
 
     def go() -> None:
+        from model_export.card import CARD_NAME, mask_thresholds, read_card
         from pipeline.model_dir import resolve_model
+        from training.calibration import read_thresholds
         from training.cohort import read_cohort
         from training.evaluate import Method, evaluate
+
+        given = _read_thresholds_file(read_thresholds, thresholds)["thresholds"] if thresholds is not None else None
 
         atlases: dict[Path, object] = {}
         methods = []
@@ -771,7 +786,13 @@ def evaluate_command(
             atlas = atlases[source.atlas]
             register, cfg, meta = _load_registration(source.checkpoint, atlas, threads)
             step = f", step {meta['step']}" if meta.get("step") else ""
-            methods.append(Method(name, register, cfg.align_windows, atlas, f"registration cascade ({cfg.name}{step})"))
+            if path.is_dir():
+                levels = mask_thresholds(read_card(path)) if (path / CARD_NAME).is_file() else None
+            else:
+                levels = given
+            calibrated = ", calibrated mask thresholds" if levels else ""
+            description = f"registration cascade ({cfg.name}{step}{calibrated})"
+            methods.append(Method(name, register, cfg.align_windows, atlas, description, thresholds=levels))
         cases = read_cohort(cohort, split)[:limit] if limit else read_cohort(cohort, split)
         title = f"{cohort.name} of {cohort.parent.name}: {len(cases)} patients"
         result = evaluate(methods, cases, out, title, log=typer.echo)
@@ -779,6 +800,58 @@ def evaluate_command(
             hd = "n/a" if s["hd95_mm_mean"] is None else f"{s['hd95_mm_mean']:.1f} mm"
             typer.echo(f"{method}: mean Dice {s['mean_dice']:.3f}, HD95 {hd}, {s['seconds_mean']:.1f} s/case")
         typer.echo(f"wrote {out / 'table1.md'}, {out / 'results.json'}, {out / 'boxplot.png'}")
+
+    _inference_run(go)
+
+
+@app.command("calibrate")
+def calibrate_command(
+    model: Annotated[Path, typer.Option("--model", help="A training checkpoint (with --atlas-bundle) or a model dir.")],
+    cohort: Annotated[Path, typer.Option("--cohort", help="Calibration patients: in neither training nor test.")],
+    out: Annotated[Path, typer.Option("--out", help="The calibration JSON (for `oarmorph export --thresholds`).")],
+    atlas_bundle: AtlasBundleOpt = None,
+    split: Annotated[str | None, typer.Option("--split", help="Only this split of the cohort's split.json.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N patients.")] = None,
+    levels: Annotated[
+        str, typer.Option("--levels", help="Comma-separated mask levels to try (0.5 is always among them).")
+    ] = ",".join(f"{v:g}" for v in (0.5, 0.45, 0.4, 0.35, 0.3, 0.25)),
+    threads: ThreadsOpt = 2,
+) -> None:
+    """Per-OAR mask thresholds of a model, chosen on a calibration cohort (training.calibration)."""
+
+    def go() -> None:
+        from model_export.export import weights_sha256
+        from pipeline.model_dir import resolve_model
+        from training.calibration import calibrate_thresholds
+        from training.cohort import read_cohort
+        from training.evaluate import Method
+        from training.inference import load_checkpoint
+
+        try:
+            grid = [float(v) for v in levels.split(",") if v.strip()]
+        except ValueError:
+            _fail(_CliError("USAGE", f"--levels takes comma-separated numbers, got {levels!r}"))
+        source = resolve_model(model, None, None) if model.is_dir() else resolve_model(None, model, atlas_bundle)
+        atlas = _segmentation_atlas(source.atlas)
+        register, cfg, _ = _load_registration(source.checkpoint, atlas, threads)
+        cases = read_cohort(cohort, split)[:limit] if limit else read_cohort(cohort, split)
+        method = Method(cfg.name, register, cfg.align_windows, atlas)
+        try:
+            doc = calibrate_thresholds(method, cases, grid, log=typer.echo)
+        except ValueError as exc:
+            _fail(_CliError("USAGE", str(exc)))
+        doc["model"] = {"checkpoint": str(source.checkpoint), "config": cfg.name, "atlas": atlas.name}
+        doc["weights_sha256"] = weights_sha256(load_checkpoint(source.checkpoint)["model"])
+        doc["cohort"] = {"path": str(cohort), "split": split, "patients": len(cases)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        moved = {k: v for k, v in doc["thresholds"].items() if v != 0.5}
+        typer.echo(
+            f"{len(moved)} of {len(doc['thresholds'])} OARs below 0.5 "
+            + (f"({', '.join(f'{k} {v:g}' for k, v in moved.items())}); " if moved else "; ")
+            + f"mean Dice {doc['mean_dice']['default']:.4f} at 0.5, {doc['mean_dice']['calibrated']:.4f} calibrated "
+            f"(on the calibration patients themselves); wrote {out}"
+        )
 
     _inference_run(go)
 
@@ -797,18 +870,35 @@ def export_command(
     source: Annotated[
         str | None, typer.Option("--source", help="The checkpoint's origin for the card (default: its path).")
     ] = None,
+    thresholds: Annotated[
+        Path | None,
+        typer.Option("--thresholds", help="Mask thresholds per OAR from `oarmorph calibrate` of this checkpoint."),
+    ] = None,
 ) -> None:
     """Export a checkpoint and its atlas as an ONNX model directory (opset 20, card.json, atlas sha256)."""
 
     def go() -> None:
         from model_export.export import ExportError, export_model
+        from training.calibration import read_thresholds
 
+        calibration = _read_thresholds_file(read_thresholds, thresholds) if thresholds is not None else None
         try:
             card = export_model(
-                checkpoint, atlas, out, name, version, not by_reference, log=typer.echo, source_label=source
+                checkpoint,
+                atlas,
+                out,
+                name,
+                version,
+                not by_reference,
+                log=typer.echo,
+                source_label=source,
+                calibration=calibration,
             )
         except ExportError as exc:
             _fail(exc)
+        if card.get("mask_thresholds"):
+            moved = {k: v for k, v in card["mask_thresholds"].items() if v != 0.5}
+            typer.echo(f"mask thresholds: {len(moved)} of {len(card['oars'])} OARs below 0.5 ({thresholds})")
         ranked_by = card["validation"].get("ranked_by", "cascade")
         best = (card["validation"].get("best") or {}).get(ranked_by, {}).get("mean")
         grid = " at 128^3" if ranked_by == "fine" else ""
@@ -819,6 +909,13 @@ def export_command(
         )
 
     _inference_run(go)
+
+
+def _read_thresholds_file(read, path: Path) -> dict:
+    try:
+        return read(path)
+    except (OSError, ValueError) as exc:
+        _fail(_CliError("USAGE", f"--thresholds {path}: {exc}"))
 
 
 def _shared_data() -> Path:

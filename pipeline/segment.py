@@ -3,7 +3,8 @@
     CT --to_canonical--> fixed canonical image (128^3, [0, 1])
        --window_shift onto the atlas (when the model was trained so)--> the same CT, window moved (new rows resampled)
        --register (the model: numpy in, numpy out)--> pull field (3, 128, 128, 128) in canonical voxels
-       --warp_masks_to_patient--> every atlas OAR on the patient grid, with its flags
+       --warp_masks_to_patient--> every atlas OAR on the patient grid, with its flags (at the model's per-OAR
+                                  mask thresholds when it carries calibrated ones, else 0.5)
 
 Window alignment moves the canonical window itself (``imaging.canonical.shift_frame``) and resamples the CT
 there, rather than shifting the arrays: the model sees what training saw (arrays shifted by whole voxels are
@@ -14,7 +15,7 @@ computed on, so the contract of ``imaging.canonical.FIELD_CONVENTION`` holds unc
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,7 @@ from imaging.canonical import (
 )
 from imaging.metrics import folded_fraction
 from imaging.volume import Geometry, Volume
-from imaging.warp import WarpedMask, warp_masks_to_patient
+from imaging.warp import MASK_THRESHOLD, WarpedMask, warp_masks_to_patient
 
 from .atlas import SegmentationAtlas
 
@@ -81,10 +82,22 @@ def align_window(
 
 
 def warp_atlas(
-    atlas: SegmentationAtlas, fixed_frame: CanonicalFrame, displacement: np.ndarray, patient: Geometry
+    atlas: SegmentationAtlas,
+    fixed_frame: CanonicalFrame,
+    displacement: np.ndarray,
+    patient: Geometry,
+    thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, WarpedMask]:
-    """Every atlas OAR through a canonical pull field onto the patient grid (a stage's field, or the whole)."""
-    return warp_masks_to_patient(atlas.masks, atlas.frame.geometry, fixed_frame.geometry, displacement, patient)
+    """Every atlas OAR through a canonical pull field onto the patient grid (a stage's field, or the whole);
+    ``thresholds``: the model's calibrated level per OAR (``MASK_THRESHOLD`` for the OARs it does not name)."""
+    return warp_masks_to_patient(
+        atlas.masks,
+        atlas.frame.geometry,
+        fixed_frame.geometry,
+        displacement,
+        patient,
+        threshold=MASK_THRESHOLD if thresholds is None else thresholds,
+    )
 
 
 def segmentation_warnings(frame: CanonicalFrame, masks: dict[str, WarpedMask]) -> list[str]:
@@ -113,8 +126,10 @@ def segment_ct(
     align_windows: bool,
     spec: CanonicalSpec = DEFAULT_SPEC,
     progress: Callable[[str], None] | None = None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> Segmentation:
-    """Contour every atlas OAR on ``ct`` (see the module docstring); ``align_windows`` as the model was trained.
+    """Contour every atlas OAR on ``ct`` (see the module docstring); ``align_windows`` as the model was trained,
+    ``thresholds`` as it was calibrated (``training.calibration``; None: 0.5 for every OAR).
 
     ``progress(stage)`` is called as each stage starts (``preprocessing``, ``registration``, ``warping``,
     ``checks``): the worker reports it on the job and cancels a job there by raising."""
@@ -131,7 +146,7 @@ def segment_ct(
     displacement, affine = register(image)
     report("warping")
     t2 = time.perf_counter()
-    masks = warp_atlas(atlas, frame, displacement, ct.geometry)
+    masks = warp_atlas(atlas, frame, displacement, ct.geometry, thresholds)
     report("checks")
     t3 = time.perf_counter()
     folded = folded_fraction(displacement)

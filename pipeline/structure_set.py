@@ -24,6 +24,7 @@ from anatomy.catalogue import BY_NAME, try_resolve
 from imaging.rtstruct import DEFAULT_COLORS, CtReference, RoiSpec, write_rtstruct
 from imaging.volume import Volume
 from imaging.warp import WarpedMask
+from model_export.card import mask_thresholds
 from oarmorph import __version__
 
 from .atlas import SegmentationAtlas
@@ -142,7 +143,9 @@ def contour_to_rtstruct(
     ``progress(stage)``: ``preprocessing``, ``registration``, ``warping``, ``checks`` (from ``segment_ct``), then
     ``writing``."""
     report = progress or (lambda stage: None)
-    segmentation = segment_ct(ct, model.atlas, model.register, model.align_windows, progress=report)
+    segmentation = segment_ct(
+        ct, model.atlas, model.register, model.align_windows, progress=report, thresholds=mask_thresholds(model.card)
+    )
     report("writing")
     start = time.perf_counter()
     dataset = write_structure_set(segmentation, ct, model.card, path)

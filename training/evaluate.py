@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,9 @@ class Method:
     align_windows: bool
     atlas: SegmentationAtlas
     description: str = "semi-supervised registration"
+    # the model's calibrated mask level per OAR (training.calibration), as the service applies them; None: 0.5.
+    # The affine stage of the same run stays at 0.5: the levels were fitted to the whole cascade's field.
+    thresholds: Mapping[str, float] | None = None
 
 
 def _bounds(mask: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> tuple[np.ndarray, np.ndarray] | None:
@@ -95,7 +98,7 @@ def evaluate_cases(
         ct = case.read_ct()
         truth = case.read_masks(ct)
         for method in methods:
-            result = segment_ct(ct, method.atlas, method.register, method.align_windows)
+            result = segment_ct(ct, method.atlas, method.register, method.align_windows, thresholds=method.thresholds)
             t0 = time.perf_counter()
             affine_masks = warp_atlas(method.atlas, result.frame, result.affine_field, ct.geometry)
             affine_warp = time.perf_counter() - t0
