@@ -847,7 +847,7 @@ def calibrate_command(
         out.write_text(json.dumps(doc, indent=2) + "\n")
         moved = {k: v for k, v in doc["thresholds"].items() if v != 0.5}
         typer.echo(
-            f"{len(moved)} of {len(doc['thresholds'])} OARs below 0.5 "
+            f"{len(moved)} of {len(doc['thresholds'])} OARs away from 0.5 "
             + (f"({', '.join(f'{k} {v:g}' for k, v in moved.items())}); " if moved else "; ")
             + f"mean Dice {doc['mean_dice']['default']:.4f} at 0.5, {doc['mean_dice']['calibrated']:.4f} calibrated "
             f"(on the calibration patients themselves); wrote {out}"
@@ -898,7 +898,7 @@ def export_command(
             _fail(exc)
         if card.get("mask_thresholds"):
             moved = {k: v for k, v in card["mask_thresholds"].items() if v != 0.5}
-            typer.echo(f"mask thresholds: {len(moved)} of {len(card['oars'])} OARs below 0.5 ({thresholds})")
+            typer.echo(f"mask thresholds: {len(moved)} of {len(card['oars'])} OARs away from 0.5 ({thresholds})")
         ranked_by = card["validation"].get("ranked_by", "cascade")
         best = (card["validation"].get("best") or {}).get(ranked_by, {}).get("mean")
         grid = " at 128^3" if ranked_by == "fine" else ""
