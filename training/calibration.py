@@ -57,7 +57,7 @@ def dice_per_level(
             if name not in truth:
                 continue
             for level in grid:
-                d = compare(mask.at_level(level), truth[name], ct.geometry)["dice"]
+                d = compare(mask.at_level(level), truth[name], ct.geometry, with_hd95=False)["dice"]
                 out.setdefault(name, {}).setdefault(level, []).append(d)
         log(f"{n + 1}/{len(cases)} {case.case_id}: {len(grid)} levels, {time.perf_counter() - t0:.1f} s")
     return out
