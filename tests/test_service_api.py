@@ -148,8 +148,9 @@ def test_the_shipped_phantom_model_contours_the_phantom_patient_with_mean_dice_a
     print(f"\nshipped phantom model, Dice per OAR: mean {mean:.3f}")
     for name, value in table.items():
         print(f"  {name:<18} {value:.3f}")
-    # The shipped model (phantom_proposed_cpu 0.9.0: 0.6.0 and 2300 steps on mixes with full-size scans)
-    # measured 0.818 here (0.8.0: 0.806; 0.7.0: 0.804; 0.6.0: 0.819; 0.5.0: 0.799; 0.4.0: 0.759; 0.3.0: 0.722;
+    # The shipped model (phantom_proposed_cpu 0.10.0: 0.9.0's weights, 0.6.0 and 2300 steps on mixes with full-size
+    # scans, with calibrated mask thresholds) measured 0.826 here (0.9.0: 0.818; 0.8.0: 0.806; 0.7.0: 0.804; 0.6.0:
+    # 0.819; 0.5.0: 0.799; 0.4.0: 0.759; 0.3.0: 0.722;
     # 0.2.0: 0.713; 0.1.0: 0.732): it must not fall below the floor, and below the issue's 0.8 it is
     # reported as a known gap.
     assert mean >= PHANTOM_MODEL_FLOOR, table
@@ -157,7 +158,7 @@ def test_the_shipped_phantom_model_contours_the_phantom_patient_with_mean_dice_a
         pytest.xfail(f"mean Dice {mean:.3f} is below the target 0.8: the shipped phantom model is still training")
 
 
-PHANTOM_MODEL_FLOOR = 0.79  # the shipped phantom model's measured mean Dice (0.818) less a margin
+PHANTOM_MODEL_FLOOR = 0.79  # the shipped phantom model's measured mean Dice (0.826) less a margin
 
 
 def _assert_no_patient_identifier(text: str, where: str) -> None:
