@@ -223,6 +223,13 @@ def threshold_of(threshold: float | Mapping[str, float], name: str) -> float:
     return level
 
 
+def check_levels(levels: Mapping[str, float]) -> dict[str, float]:
+    """A level per OAR name, each checked as ``threshold_of`` does (ValueError otherwise)."""
+    if not isinstance(levels, Mapping):
+        raise ValueError(f"mask thresholds must map OAR names to levels in (0, 1], got {levels!r}")
+    return {str(name): threshold_of(level, str(name)) for name, level in levels.items()}
+
+
 def _mask_box_lps(mask_array: np.ndarray, geometry: Geometry) -> np.ndarray:
     lo = np.zeros(3) - 0.5
     hi = np.array(mask_array.shape, float) - 0.5

@@ -24,6 +24,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from imaging.warp import check_levels
+
 CARD_FORMAT = 1
 CARD_NAME = "card.json"
 ONNX_NAME = "model.onnx"
@@ -86,11 +88,10 @@ def mask_thresholds(card: Mapping) -> dict[str, float] | None:
     levels = card.get("mask_thresholds")
     if levels is None:
         return None
-    if not isinstance(levels, Mapping) or not all(
-        isinstance(v, int | float) and 0.0 < float(v) <= 1.0 for v in levels.values()
-    ):
-        raise ModelBundleError(f"the card's mask_thresholds must map OAR names to levels in (0, 1], got {levels!r}")
-    return {str(k): float(v) for k, v in levels.items()}
+    try:
+        return check_levels(levels)
+    except (TypeError, ValueError) as exc:
+        raise ModelBundleError(f"the card's mask_thresholds: {exc}") from exc
 
 
 def read_card(model_dir: str | Path) -> dict:

@@ -37,6 +37,7 @@ import torch
 from onnx import numpy_helper
 
 from imaging.canonical import DEFAULT_SPEC, FIELD_CONVENTION
+from imaging.warp import check_levels
 from oarmorph import __version__
 from pipeline.atlas import load_atlas
 from training.inference import CANONICAL_SHAPE, InferenceCascade, load_checkpoint, train_config_from_checkpoint
@@ -233,15 +234,16 @@ def calibration_card(calibration: Mapping, card: Mapping) -> dict:
             f"the mask thresholds were calibrated for weights {str(calibration.get('weights_sha256'))[:12]}..., "
             f"not these ({weights[:12]}...): calibrate this checkpoint (`oarmorph calibrate`)"
         )
-    levels = dict(calibration["thresholds"])
+    try:
+        levels = check_levels(calibration["thresholds"])
+    except (TypeError, ValueError) as exc:
+        raise ExportError(str(exc)) from exc
     foreign = sorted(set(levels) - set(card["oars"]))
     if foreign:
         raise ExportError(f"the mask thresholds name OARs the model does not have: {foreign}")
-    if not all(isinstance(v, int | float) and 0.0 < float(v) <= 1.0 for v in levels.values()):
-        raise ExportError("mask thresholds must lie in (0, 1]")
     keep = ("cohort", "cases", "grid", "mean_dice", "patients_per_oar", "dice_per_level")
     return {
-        "mask_thresholds": {k: float(v) for k, v in levels.items()},
+        "mask_thresholds": levels,
         "calibration": {k: calibration[k] for k in keep if k in calibration},
     }
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imaging.warp import MASK_THRESHOLD, warp_masks_to_patient
+from imaging.warp import MASK_THRESHOLD, check_levels, warp_masks_to_patient
 from pipeline.segment import segment_ct
 
 from .cohort import CohortCase
@@ -120,9 +120,8 @@ def read_thresholds(path: str | Path) -> dict:
     doc = json.loads(Path(path).read_text())
     if doc.get("format") != FORMAT:
         raise ValueError(f"{path} is not a mask-threshold calibration ({FORMAT})")
-    levels = doc.get("thresholds")
-    if not isinstance(levels, dict) or not all(
-        isinstance(v, int | float) and 0.0 < float(v) <= 1.0 for v in levels.values()
-    ):
-        raise ValueError(f"{path}: thresholds must map OAR names to levels in (0, 1]")
+    try:
+        check_levels(doc.get("thresholds"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
     return doc
