@@ -370,7 +370,9 @@ def test_a_quick_run_of_no_registration_and_the_affine_stage_on_synthetic_patien
         "kind": M.METHODS["ants"].kind,
         "ran": False,
         "reason": "antspyx is not installed (pip install -e '.[bench]')",
+        "mask_levels": "0.5",
     }
+    assert c["methods"]["oarmorph (ONNX, CPU)"]["mask_levels"] == "0.5"  # its card has no calibrated levels
     assert set(c["summary"]) == {"oarmorph (ONNX, CPU)", "oarmorph affine stage", "no registration"}
     assert not c["failures"] and len(c["records"]) == 6
     for r in c["records"]:
@@ -405,6 +407,60 @@ def test_a_quick_run_of_no_registration_and_the_affine_stage_on_synthetic_patien
     assert limited["summary"]["no registration"]["cases"] == 1
     text = R.render_markdown({"meta": results["meta"], "cohorts": {"phantom": limited}}, {})
     assert "no registration: 1 of 2" in text
+
+
+def test_the_model_warps_at_its_calibrated_levels_and_the_other_methods_at_one_half(tiny_model, tmp_path):
+    """A card with mask_thresholds: the oarmorph method contours at them (as segment_ct does), the affine stage and
+    the classical methods at 0.5, and the report says which."""
+    from model_export.bundle import load_model_dir
+    from model_export.export import export_model
+    from phantom.analytic import body_volume, landmark_volume, patient_grid
+    from pipeline.segment import segment_ct
+
+    model_dir, marks = tiny_model
+    weights = json.loads((model_dir / "card.json").read_text())["checkpoint"]["weights_sha256"]
+    calibrated = tmp_path / "model"
+    levels = {"weights_sha256": weights, "thresholds": {"Brainstem": 0.95, "Parotid_L": 0.05}}
+    root = model_dir.parent  # the fixture's checkpoint and atlas
+    export_model(
+        root / "c.pt", root / "atlas", calibrated, "tiny", "1.0.0", True, log=lambda s: None, calibration=levels
+    )
+
+    def read_ct():
+        return body_volume(patient_grid(spacing=(3.0, 3.0, 4.0)))
+
+    def truth(ct):
+        return {name: landmark_volume(ct.geometry, mark).array for name, mark in marks.items()}
+
+    cases = [BenchCase("syn0", read_ct, truth)]
+    runs = {
+        label: run_module.run_benchmark(
+            [Cohort("phantom", "Synthetic", cases, d)], ["oarmorph", "affine"], 1, True, log=lambda s: None
+        )
+        for label, d in (("plain", model_dir), ("calibrated", calibrated))
+    }
+    volume = {
+        (label, r["method"], oar): v["volume_cc"]
+        for label, result in runs.items()
+        for r in result["cohorts"]["phantom"]["records"]
+        for oar, v in r["oars"].items()
+    }
+    model, affine = "oarmorph (ONNX, CPU)", "oarmorph affine stage"
+    assert volume[("calibrated", model, "Brainstem")] < volume[("plain", model, "Brainstem")]
+    assert volume[("calibrated", model, "Parotid_L")] > volume[("plain", model, "Parotid_L")]
+    assert volume[("calibrated", model, "Eye_R")] == volume[("plain", model, "Eye_R")]  # not named: 0.5
+    for oar in marks:
+        assert volume[("calibrated", affine, oar)] == volume[("plain", affine, oar)]
+    # the very contours segment_ct makes with the card's levels
+    loaded = load_model_dir(calibrated, threads=1, device="cpu")
+    ct = read_ct()
+    seg = segment_ct(ct, loaded.atlas, loaded.register, loaded.align_windows, thresholds=loaded.mask_thresholds)
+    for oar in marks:
+        assert volume[("calibrated", model, oar)] == pytest.approx(seg.masks[oar].volume_cc, abs=1e-9)
+    methods = runs["calibrated"]["cohorts"]["phantom"]["methods"]
+    assert methods[model]["mask_levels"] != "0.5" and methods[affine]["mask_levels"] == "0.5"
+    assert f"Mask levels: {model} at the model's calibrated level per OAR" in R.render_markdown(runs["calibrated"], {})
+    assert "Mask levels" not in R.render_markdown(runs["plain"], {})
 
 
 def test_method_limits_are_parsed_or_refused():

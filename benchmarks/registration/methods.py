@@ -15,7 +15,9 @@ what a user of each tool would do by default:
   composite sampled. (Its B-spline with Mattes MI took 2-3 minutes on a 64^3 test image on one thread, and its
   L-BFGS variants stopped at once: demons is what a SimpleITK user who wants an answer today would run.)
 * oarmorph: the exported ONNX model on ONNX Runtime (CPU), and the same weights on PyTorch on a GPU when one
-  is there; the model's affine stage alone (its ``affine_field`` output).
+  is there, each warping the atlas OARs at the model's calibrated mask level per OAR when its card has them
+  (what ``segment_ct`` and the service do); the model's affine stage alone (its ``affine_field`` output, at 0.5
+  as every other method: the levels were calibrated for the whole cascade).
 * no registration: the zero canonical field, i.e. the atlas translated so that the body centres coincide as the
   canonical windows place them (and the window alignment), nothing more.
 
@@ -48,6 +50,7 @@ class MethodInfo:
     needs: tuple[str, ...] = ()  # python modules it needs
     needs_model: bool = False
     needs_gpu: bool = False
+    calibrated_levels: bool = False  # warps at the model's calibrated per-OAR mask levels (its card), as it serves
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -59,6 +62,7 @@ METHODS: dict[str, MethodInfo] = {
             "learned cascade, ONNX Runtime CPU",
             ("onnxruntime",),
             needs_model=True,
+            calibrated_levels=True,
         ),
         MethodInfo(
             "oarmorph-gpu",
@@ -67,6 +71,7 @@ METHODS: dict[str, MethodInfo] = {
             ("torch",),
             needs_model=True,
             needs_gpu=True,
+            calibrated_levels=True,
         ),
         MethodInfo(
             "affine", "oarmorph affine stage", "the model's affine stage alone", ("onnxruntime",), needs_model=True

@@ -285,6 +285,13 @@ def render_markdown(results: dict, plot_names: dict[str, dict[str, str]], json_n
         skipped = [(n, m["reason"]) for n, m in cohort["methods"].items() if not m["ran"]]
         if skipped:
             lines += ["Not run here: " + "; ".join(f"{n} ({r})" for n, r in skipped) + ".", ""]
+        calibrated = [n for n, m in cohort["methods"].items() if m["ran"] and m.get("mask_levels", "0.5") != "0.5"]
+        if calibrated:
+            lines += [
+                f"Mask levels: {', '.join(calibrated)} at the model's calibrated level per OAR (its card, "
+                "`oarmorph calibrate`), as `segment_ct` and the service contour; every other method at 0.5.",
+                "",
+            ]
         limited = [(n, m["patients_limit"]) for n, m in cohort["methods"].items() if m.get("patients_limit")]
         if limited:
             lines += [

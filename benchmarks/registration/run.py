@@ -89,6 +89,7 @@ class LoadedCohort:
         self.register = None
         self.model_reason: str | None = None
         self.model_name: str | None = None
+        self.mask_thresholds: dict[str, float] | None = None  # the model's calibrated levels, if its card has them
         self.align_windows = True  # what the trained models do; without a model, kept for every method alike
         if cohort.model_dir is not None and want_model:
             from model_export.bundle import load_model_dir
@@ -100,6 +101,7 @@ class LoadedCohort:
                 self.align_windows = loaded.align_windows
                 self.register = loaded.register
                 self.model_name = loaded.name
+                self.mask_thresholds = loaded.mask_thresholds
             except ModelBundleError as exc:  # e.g. model.onnx not rebuilt: the atlas the card names still serves
                 self.model_reason = str(exc)
                 card = read_card(cohort.model_dir)
@@ -124,7 +126,17 @@ def prepare_fixed(ct, atlas: SegmentationAtlas, align_windows: bool):
     return can.image, can.frame, (0, 0)
 
 
-def run_case(case, adapters: dict[str, Callable], atlas, align_windows: bool, log: Log) -> tuple[list, list]:
+def run_case(
+    case,
+    adapters: dict[str, Callable],
+    atlas,
+    align_windows: bool,
+    log: Log,
+    levels: dict[str, dict[str, float] | None] | None = None,
+) -> tuple[list, list]:
+    """Every method on one patient; ``levels``: per method, the mask level per OAR it warps at (absent or None:
+    0.5 for every OAR)."""
+    levels = levels or {}
     ct = case.read_ct()
     truth = case.read_truth(ct)
     t0 = time.perf_counter()
@@ -137,7 +149,7 @@ def run_case(case, adapters: dict[str, Callable], atlas, align_windows: bool, lo
             field = np.asarray(register(image), np.float32)
             reg, cpu = time.perf_counter() - t1, time.process_time() - c0
             t2 = time.perf_counter()
-            masks = warp_atlas(atlas, frame, field, ct.geometry)
+            masks = warp_atlas(atlas, frame, field, ct.geometry, levels.get(name))
             warp = time.perf_counter() - t2
         except Exception as exc:  # a tool failing on one patient is a result, not the end of the run
             failures.append({"method": name, "case": case.case_id, "error": f"{type(exc).__name__}: {exc}"})
@@ -189,12 +201,17 @@ def run_cohort(
     loaded = LoadedCohort(cohort, threads, want_model=bool(learned))
     methods: dict[str, dict] = {}
     adapters: dict[str, Callable] = {}
+    levels: dict[str, dict[str, float] | None] = {}
     for key in keys:
         info = M.METHODS[key]
         reason = M.unavailable(key, cohort.model_dir)
         if reason is None and info.needs_model and key != "oarmorph-gpu" and loaded.register is None:
             reason = loaded.model_reason or "the model could not be loaded"
         methods[info.name] = {"key": key, "kind": info.kind, "ran": reason is None, "reason": reason}
+        calibrated = info.calibrated_levels and loaded.mask_thresholds is not None
+        methods[info.name]["mask_levels"] = "calibrated per OAR (the model card)" if calibrated else "0.5"
+        if calibrated:
+            levels[info.name] = loaded.mask_thresholds
         if key in limits and limits[key] < len(cohort.cases):
             methods[info.name]["patients_limit"] = limits[key]
         if reason is not None:
@@ -206,7 +223,7 @@ def run_cohort(
     for n, case in enumerate(cohort.cases):
         log(f"{cohort.key} {n + 1}/{len(cohort.cases)} {case.case_id}")
         here = {name: fn for name, fn in adapters.items() if n < limits.get(methods[name]["key"], len(cohort.cases))}
-        recs, fails = run_case(case, here, loaded.atlas, loaded.align_windows, log)
+        recs, fails = run_case(case, here, loaded.atlas, loaded.align_windows, log, levels)
         records += recs
         failures += fails
     oars = table_oars(loaded.atlas.oars, records)
