@@ -825,7 +825,6 @@ def calibrate_command(
         from training.calibration import calibrate_thresholds
         from training.cohort import read_cohort
         from training.evaluate import Method
-        from training.inference import load_checkpoint
 
         try:
             grid = [float(v) for v in levels.split(",") if v.strip()]
@@ -841,7 +840,7 @@ def calibrate_command(
         except ValueError as exc:
             _fail(_CliError("USAGE", str(exc)))
         doc["model"] = {"checkpoint": str(source.checkpoint), "config": cfg.name, "atlas": atlas.name}
-        doc["weights_sha256"] = weights_sha256(load_checkpoint(source.checkpoint)["model"])
+        doc["weights_sha256"] = weights_sha256(register.model.cascade.state_dict())  # the weights that just ran
         doc["cohort"] = {"path": str(cohort), "split": split, "patients": len(cases)}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=2) + "\n")
